@@ -1,0 +1,82 @@
+"""ComfyUI glue for tiled VAE calls: load the VAE for a tile's worth of memory, hook, run, convert.
+
+Mirrors what ``comfy.sd.VAE.decode`` / ``encode`` do around ``first_stage_model`` (input cropping
+and scaling, dtype and device moves, output conversion) but asks ComfyUI's memory manager only for
+one tile's working memory, never for the full-image estimate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..tiled_vae import RunReport, TilingConfig, tiled
+
+_PLANNING_TILE = 512
+"""Tile side used for the memory request when the tile size is automatic."""
+
+
+def _comfy() -> tuple[Any, Any]:
+    import comfy.model_management as mm
+    import comfy.utils as cu
+
+    return mm, cu
+
+
+def _load(vae: Any, estimate: Any, shape: tuple[int, ...]) -> None:
+    mm, _ = _comfy()
+    mm.load_models_gpu(
+        [vae.patcher], memory_required=estimate(shape, vae.vae_dtype), force_full_load=vae.disable_offload
+    )
+
+
+def _hook_kwargs(node_id: str | None) -> dict[str, Any]:
+    mm, cu = _comfy()
+    bar = cu.ProgressBar(1, node_id=node_id)
+
+    def progress(done: int, total: int) -> None:
+        bar.update_absolute(done, total)
+
+    return {
+        "progress": progress,
+        "check_interrupt": mm.throw_exception_if_processing_interrupted,
+        "free_memory": mm.get_free_memory,
+    }
+
+
+def tile_shape(latent_shape: tuple[int, ...], config: TilingConfig, ratio: int) -> tuple[int, ...]:
+    """A latent shape of one tile (same batch, channels and frames) for memory estimates."""
+    side = max(1, (config.tile_size or _PLANNING_TILE) // ratio)
+    return (*latent_shape[:-2], min(side, latent_shape[-2]), min(side, latent_shape[-1]))
+
+
+def decode(
+    vae: Any, latent: torch.Tensor, config: TilingConfig, node_id: str | None = None
+) -> tuple[torch.Tensor, RunReport]:
+    """Decode ``latent`` with the tiled decoder; returns ComfyUI images (N, H, W, C) and the run report."""
+    vae.throw_exception_if_invalid()
+    model = vae.first_stage_model
+    ratio = vae.spacial_compression_decode()
+    _load(vae, vae.memory_used_decode, tile_shape(tuple(latent.shape), config, ratio))
+    with tiled(model.decoder, config, **_hook_kwargs(node_id)) as hook:
+        out = model.decode(latent.to(vae.vae_dtype).to(vae.device))
+    images = vae.process_output(out.to(vae.output_device).float()).movedim(1, -1)
+    if images.ndim == 5:  # video VAEs give (B, T, H, W, C); ComfyUI images are frames
+        images = images.reshape(-1, *images.shape[-3:])
+    return images, hook.handler.report
+
+
+def encode(
+    vae: Any, pixels: torch.Tensor, config: TilingConfig, node_id: str | None = None
+) -> tuple[torch.Tensor, RunReport]:
+    """Encode ComfyUI images (B, H, W, C) with the tiled encoder; returns the latent and the run report."""
+    vae.throw_exception_if_invalid()
+    model = vae.first_stage_model
+    x = vae.vae_encode_crop_pixels(pixels[..., :3]).movedim(-1, 1)
+    if vae.latent_dim == 3 and x.ndim < 5:
+        x = x.unsqueeze(2) if vae.not_video else x.movedim(1, 0).unsqueeze(0)
+    _load(vae, vae.memory_used_encode, tile_shape(tuple(x.shape), config, 1))
+    with tiled(model.encoder, config, **_hook_kwargs(node_id)) as hook:
+        latent = model.encode(vae.process_input(x).to(vae.vae_dtype).to(vae.device))
+    return latent.to(vae.output_device).float(), hook.handler.report

@@ -1,0 +1,27 @@
+"""Exact tiled VAE encode/decode: tiles return what the untiled model returns, up to float rounding.
+
+Import-free of ComfyUI: needs only torch. Use :func:`tiled` as a context manager around any call
+that reaches the encoder or decoder (``with tiled(vae.decoder, TilingConfig()): vae.decode(z)``).
+"""
+
+from .families import FAMILIES, Family, detect
+from .geometry import Rect
+from .hook import ForwardHook
+from .planner import detail_map, grid_plan, quadtree_plan
+from .tiler import RunReport, TiledForward, TilingConfig, plan_tiles, tiled
+
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "ForwardHook",
+    "Rect",
+    "RunReport",
+    "TiledForward",
+    "TilingConfig",
+    "detail_map",
+    "detect",
+    "grid_plan",
+    "plan_tiles",
+    "quadtree_plan",
+    "tiled",
+]

@@ -1,0 +1,227 @@
+"""Run a :class:`~.program.Program` over a tile plan: exact, one pass, memory bounded by the tile.
+
+Full-size activations between steps live on a *store* device (the compute device when they fit,
+else the CPU); each tile of a window step copies its input window to the compute device, runs,
+and writes its core back. GroupNorm statistics of a register are pooled while its tiles are
+written (core pixels only, fp32) and used by the step that normalises it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .geometry import Rect, level_sizes, rect_at_level
+from .groupnorm import GroupStats, group_norm_with_stats
+from .program import GlobalStep, Program, WindowStep
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)`` after every tile."""
+
+
+@dataclass
+class RunOptions:
+    """Where things run: ``device`` computes, ``store`` holds the full-size activations."""
+
+    device: torch.device
+    store: torch.device
+    progress: Progress | None = None
+    check_interrupt: Callable[[], None] | None = None
+
+
+def input_window(step: WindowStep, core: Rect, in_size: tuple[int, int]) -> Rect:
+    """The input pixels (at ``step.level``) that the output ``core`` depends on, clipped to the image.
+
+    Outside the image the untiled layer sees its own zero padding, and so does the tile: the
+    module pads the clipped window exactly where the image ends.
+    """
+    h, w = in_size
+    r = step.reach
+    if step.geometry == "same":
+        y0, y1, x0, x1 = core.y0 - r, core.y1 + r, core.x0 - r, core.x1 + r
+    elif step.geometry == "up":
+        y0, y1 = (core.y0 - r) // 2, (core.y1 + r - 1) // 2 + 1
+        x0, x1 = (core.x0 - r) // 2, (core.x1 + r - 1) // 2 + 1
+    else:
+        y0, y1, x0, x1 = 2 * core.y0, 2 * (core.y1 - 1) + 2 * r + 1, 2 * core.x0, 2 * (core.x1 - 1) + 2 * r + 1
+    return Rect(max(0, y0), min(h, y1), max(0, x0), min(w, x1))
+
+
+def output_extent(step: WindowStep, window: Rect, out: torch.Tensor) -> Rect:
+    """Where the module's output for ``window`` lies at the output level."""
+    oh, ow = out.shape[-2:]
+    if step.geometry == "same":
+        y0, x0 = window.y0, window.x0
+    elif step.geometry == "up":
+        y0, x0 = 2 * window.y0, 2 * window.x0
+    else:
+        y0, x0 = window.y0 // 2, window.x0 // 2
+    return Rect(y0, y0 + oh, x0, x0 + ow)
+
+
+def _dead_after(program: Program, index: int) -> set[str]:
+    """Registers that no step after ``index`` reads before overwriting them."""
+    names = {n for s in program.steps[: index + 1] for n in (s.src, s.dst)}
+    dead = set()
+    for name in names:
+        for later in program.steps[index + 1 :]:
+            reads = {later.src} | ({later.residual} if isinstance(later, WindowStep) and later.residual else set())
+            if name in reads:
+                break
+            if later.dst == name:
+                dead.add(name)
+                break
+        else:
+            dead.add(name)
+    return dead - {program.steps[-1].dst} if index == len(program.steps) - 1 else dead
+
+
+def _norm_groups(program: Program, index: int) -> int | None:
+    """Groups of the GroupNorm that will read what step ``index`` writes, if any."""
+    dst = program.steps[index].dst
+    for later in program.steps[index + 1 :]:
+        if isinstance(later, WindowStep) and later.src == dst and later.norm is not None:
+            return later.norm.num_groups
+        if later.src == dst or later.dst == dst:
+            return None
+    return None
+
+
+class Engine:
+    """Executes one program on one input for one plan (see module docstring)."""
+
+    def __init__(self, program: Program, plan: list[Rect], full_size: tuple[int, int], options: RunOptions):
+        self.program = program
+        self.plan = plan
+        self.full = full_size
+        self.sizes = level_sizes(full_size[0], full_size[1], program.levels)
+        self.opt = options
+        self.regs: dict[str, torch.Tensor] = {}
+        self.owned: set[str] = set()
+        self.stats: dict[str, GroupStats] = {}
+        self.done = 0
+        level0 = [s for s in program.window_steps() if min(s.level, s.out_level) == 0] or program.window_steps()
+        widest = max((max(s.c_in, s.c_out) for s in level0), default=1)
+        self.tile_elements = max((r.area for r in plan), default=0) * widest
+        self.total = sum(len(self._cores(s)) for s in program.window_steps())
+
+    def _cores(self, step: WindowStep) -> list[Rect]:
+        """The output cores of ``step``: the plan at its level, or the whole level when it fits in one tile.
+
+        Low-resolution levels of a large image often fit in the tile budget whole; running them as
+        one tile saves per-tile overhead and changes nothing else.
+        """
+        level = step.out_level
+        lo = min(step.level, step.out_level)
+        h, w = self.sizes[level]
+        if self.sizes[lo][0] * self.sizes[lo][1] * max(step.c_in, step.c_out) <= self.tile_elements:
+            return [Rect(0, h, 0, w)] if h * w > 0 else []
+        cores = [rect_at_level(r, level, self.full, self.sizes) for r in self.plan]
+        return [c for c in cores if c.area > 0]
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the whole program on ``x`` (never modified) and return the last register."""
+        self.regs["x"] = x
+        for i, step in enumerate(self.program.steps):
+            groups = _norm_groups(self.program, i)
+            if isinstance(step, GlobalStep):
+                self._run_global(step, groups)
+            else:
+                self._run_window(step, groups)
+            for name in _dead_after(self.program, i):
+                self.regs.pop(name, None)
+                self.stats.pop(name, None)
+        out = self.regs[self.program.steps[-1].dst].to(x.device)
+        return self.program.post(out) if self.program.post is not None else out
+
+    def _write(self, name: str, value: torch.Tensor, owned: bool) -> None:
+        self.regs[name] = value
+        self.stats.pop(name, None)
+        if owned:
+            self.owned.add(name)
+        else:
+            self.owned.discard(name)
+
+    def _run_global(self, step: GlobalStep, groups: int | None) -> None:
+        out = step.fn(self.regs[step.src].to(self.opt.device))
+        self._write(step.dst, out, owned=True)
+        if groups is not None:
+            stats = GroupStats(groups)
+            stats.add(out)
+            self.stats[step.dst] = stats
+        self._interrupt()
+
+    def _input_stats(self, step: WindowStep, norm: torch.nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled statistics of the step's input: kept from its producer, else gathered tile by tile."""
+        stats = self.stats.get(step.src)
+        if stats is None or stats.num_groups != norm.num_groups:
+            stats = GroupStats(norm.num_groups)
+            src = self.regs[step.src]
+            h, w = src.shape[-2:]
+            rows = max(1, self.tile_elements // max(1, w * src.shape[1]))
+            for y in range(0, h, rows):
+                stats.add(src[..., y : y + rows, :].to(self.opt.device))
+            self.stats[step.src] = stats
+        return stats.mean_rstd(norm.eps)
+
+    def _run_window(self, step: WindowStep, groups: int | None) -> None:
+        src = self.regs[step.src]
+        in_size = tuple(src.shape[-2:])
+        mean_rstd = self._input_stats(step, step.norm) if step.norm is not None else None
+        out_stats = GroupStats(groups) if groups is not None else None
+        inplace = (
+            step.residual == step.dst
+            and step.shortcut_reach == 0
+            and step.dst in self.owned
+            and self.regs[step.dst].shape[1] == step.c_out
+        )
+        if not inplace and step.dst not in (step.src, step.residual):
+            self.regs.pop(step.dst, None)  # free the old value before the new one is allocated
+        dst = self.regs[step.dst] if inplace else None
+        res = self.regs[step.residual] if step.residual is not None else None
+        for core in self._cores(step):
+            window = input_window(step, core, in_size)
+            t = src[(..., *window.slices())].to(self.opt.device)
+            if mean_rstd is not None:
+                t = group_norm_with_stats(t, step.norm, *mean_rstd)
+            for op in step.pre:
+                t = op(t)
+            y = step.module(t)
+            del t
+            y = y[(..., *core.relative_to(output_extent(step, window, y)).slices())]
+            if res is not None:
+                y = self._residual(step, res, core) + y
+            if step.out_scale != 1.0:
+                y = y / step.out_scale
+            if dst is None:
+                out_h, out_w = self.sizes[step.out_level]
+                dst = torch.empty((y.shape[0], y.shape[1], out_h, out_w), dtype=y.dtype, device=self.opt.store)
+            dst[(..., *core.slices())] = y.to(self.opt.store)
+            if out_stats is not None:
+                out_stats.add(y)
+            del y
+            self._tick()
+        self._write(step.dst, dst, owned=True)
+        if out_stats is not None:
+            self.stats[step.dst] = out_stats
+
+    def _residual(self, step: WindowStep, res: torch.Tensor, core: Rect) -> torch.Tensor:
+        if step.shortcut is None:
+            return res[(..., *core.slices())].to(self.opt.device)
+        r = step.shortcut_reach
+        h, w = res.shape[-2:]
+        window = Rect(max(0, core.y0 - r), min(h, core.y1 + r), max(0, core.x0 - r), min(w, core.x1 + r))
+        out = step.shortcut(res[(..., *window.slices())].to(self.opt.device))
+        return out[(..., *core.relative_to(window).slices())]
+
+    def _tick(self) -> None:
+        self.done += 1
+        if self.opt.progress is not None:
+            self.opt.progress(self.done, self.total)
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        if self.opt.check_interrupt is not None:
+            self.opt.check_interrupt()

@@ -1,0 +1,47 @@
+"""The registry of VAE families the tiler recognises, detected by module structure only.
+
+Each :class:`Family` declares how to recognise an encoder or decoder from its attribute layout
+(never its class name) and how to turn it into a :class:`~..program.Program`. Detection walks the
+registry in order; the first family whose detector matches wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..program import Program
+from . import comfy_2d, diffusers_2d
+from .common import Unsupported
+
+
+@dataclass(frozen=True)
+class Family:
+    """One supported layout: ``detect`` recognises it, ``build`` makes its tile program."""
+
+    name: str
+    role: str
+    dims: int
+    detect: Callable[[nn.Module], bool]
+    build: Callable[[nn.Module], Program]
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("comfyui-2d-decoder", "decoder", 2, comfy_2d.is_decoder, comfy_2d.build_decoder),
+    Family("comfyui-2d-encoder", "encoder", 2, comfy_2d.is_encoder, comfy_2d.build_encoder),
+    Family("diffusers-2d-decoder", "decoder", 2, diffusers_2d.is_decoder, diffusers_2d.build_decoder),
+    Family("diffusers-2d-encoder", "encoder", 2, diffusers_2d.is_encoder, diffusers_2d.build_encoder),
+)
+
+
+def detect(module: nn.Module) -> Family | None:
+    """The first registered family whose structural detector matches ``module``, or None."""
+    for family in FAMILIES:
+        if family.detect(module):
+            return family
+    return None
+
+
+__all__ = ["FAMILIES", "Family", "Unsupported", "detect"]

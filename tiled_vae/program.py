@@ -1,0 +1,91 @@
+"""A VAE encoder/decoder written as a flat list of steps the tile engine can run.
+
+Family adapters (``families/``) translate a module tree into a :class:`Program`. Steps read and
+write named full-size activations ("registers"): a :class:`GlobalStep` runs on the whole tensor
+(the low-resolution head or tail with the mid-block attention, cheap at latent size), a
+:class:`WindowStep` runs tile by tile, each tile reading its core plus the few pixels of context
+its convolution needs from the stored input. Every GroupNorm sits at the start of a window step and
+uses statistics pooled over the whole input, so the tiled result equals the untiled one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+Geometry = Literal["same", "up", "down"]
+LEVEL_CHANGE = {"same": 0, "up": -1, "down": 1}
+
+
+@dataclass
+class GlobalStep:
+    """``dst = fn(src)`` on the whole tensor, on the compute device."""
+
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    src: str = "x"
+    dst: str = "x"
+
+
+@dataclass
+class WindowStep:
+    """``dst = [residual +] module(pre(norm(src)))`` computed tile by tile at pyramid ``level``.
+
+    ``geometry`` says how ``module`` maps space: ``same`` (stride-1 conv with same padding and
+    ``reach`` pixels of context each side), ``up`` (2x nearest upsample then a conv of ``reach``
+    at the output resolution) or ``down`` (zero pad right/bottom by one, then a stride-2 conv with
+    kernel ``2 * reach + 1``). ``residual`` names a register added at the tile's core after
+    ``shortcut`` (a conv of ``shortcut_reach``); the sum is divided by ``out_scale``.
+    """
+
+    name: str
+    level: int
+    module: Callable[[torch.Tensor], torch.Tensor]
+    geometry: Geometry
+    reach: int
+    c_in: int
+    c_out: int
+    norm: torch.nn.GroupNorm | None = None
+    pre: Sequence[Callable[[torch.Tensor], torch.Tensor]] = ()
+    residual: str | None = None
+    shortcut: Callable[[torch.Tensor], torch.Tensor] | None = None
+    shortcut_reach: int = 0
+    out_scale: float = 1.0
+    src: str = "x"
+    dst: str = "x"
+
+    @property
+    def out_level(self) -> int:
+        return self.level + LEVEL_CHANGE[self.geometry]
+
+
+Step = GlobalStep | WindowStep
+
+
+@dataclass
+class Program:
+    """Steps plus the pyramid they run on.
+
+    ``levels`` is the number of 2x resolution changes (3 for an 8x VAE); ``in_level`` and
+    ``out_level`` are where the input and output live (a decoder reads at ``levels`` and writes at
+    0, an encoder the reverse). ``in_channels`` is what the first layer accepts.
+    """
+
+    steps: list[Step]
+    levels: int
+    in_level: int
+    out_level: int
+    in_channels: int
+    post: Callable[[torch.Tensor], torch.Tensor] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def align(self) -> int:
+        """Full-resolution pixels per pixel of the lowest level: interior tile edges sit on it."""
+        return 2**self.levels
+
+    def window_steps(self) -> list[WindowStep]:
+        return [s for s in self.steps if isinstance(s, WindowStep)]

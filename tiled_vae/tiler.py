@@ -1,0 +1,250 @@
+"""The tiled forward: detect the family, plan tiles, run the engine, fall back to untiled safely."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from .budget import DEFAULT_CPU_TILE, bytes_per_pixel, store_bytes, tile_from_memory
+from .engine import Engine, Progress, RunOptions
+from .families import Family, Unsupported, detect
+from .geometry import Rect
+from .hook import ForwardHook
+from .planner import detail_map, grid_plan, quadtree_plan
+from .program import Program
+
+log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
+
+Planner = Literal["quadtree", "grid"]
+Mode = Literal["auto", "tiled", "untiled"]
+Store = Literal["auto", "device", "cpu"]
+
+
+@dataclass
+class TilingConfig:
+    """What the user chose.
+
+    ``tile_size``: largest tile side in full-resolution pixels (output pixels for a decoder, input
+    pixels for an encoder); 0 picks it from free device memory. ``min_tile_size``: smallest
+    quadtree leaf (0: a quarter of the tile). ``mode``: ``auto`` tiles only when the image is
+    larger than one tile, ``tiled`` always runs the tile engine, ``untiled`` calls the original
+    forward. ``store``: where full-size activations live between steps.
+    """
+
+    tile_size: int = 0
+    planner: Planner = "quadtree"
+    min_tile_size: int = 0
+    mode: Mode = "auto"
+    store: Store = "auto"
+
+
+@dataclass
+class RunReport:
+    """What the last hooked call did, for logs and previews."""
+
+    family: str | None = None
+    tiled: bool = False
+    reason: str = ""
+    tile_size: int = 0
+    plan: list[Rect] = field(default_factory=list)
+    store: str = ""
+    retries: int = 0
+
+
+def _oom_errors() -> tuple[type[BaseException], ...]:
+    return tuple(e for e in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if e)
+
+
+def default_free_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA device (driver view plus what torch holds unused); None elsewhere."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+class TiledForward:
+    """A :class:`~.hook.ForwardHook` handler that runs a VAE encoder or decoder tile by tile.
+
+    It returns what the untiled module returns (up to float rounding). Modules it does not
+    recognise, calls with extra arguments it cannot honour, and ``mode="untiled"`` go to the
+    original forward with every argument, with one log line saying why.
+    """
+
+    def __init__(
+        self,
+        config: TilingConfig,
+        progress: Progress | None = None,
+        check_interrupt: Callable[[], None] | None = None,
+        free_memory: Callable[[torch.device], int | None] = default_free_memory,
+    ) -> None:
+        self.config = config
+        self.progress = progress
+        self.check_interrupt = check_interrupt
+        self.free_memory = free_memory
+        self.report = RunReport()
+
+    def __call__(self, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        module = original.__self__
+        self.report = RunReport()
+        family = detect(module)
+        self.report.family = family.name if family else None
+        reason = self._untiled_reason(family, args, kwargs)
+        program = None
+        if reason is None:
+            try:
+                program = family.build(module)
+            except Unsupported as e:
+                reason = f"{family.name}: {e}"
+        if program is None:
+            return self._untiled(original, reason, args, kwargs)
+        x = args[0]
+        _validate(x, program, family)
+        return self._tiled(program, x, original)
+
+    def _untiled_reason(self, family: Family | None, args: tuple, kwargs: dict) -> str | None:
+        if self.config.mode == "untiled":
+            return "mode is 'untiled'"
+        if family is None:
+            return "no registered VAE family matches this module's structure"
+        if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
+            return f"{family.name}: the call passes arguments the tiled path does not take"
+        return None
+
+    def _untiled(self, original: Callable[..., Any], reason: str, args: tuple, kwargs: dict) -> Any:
+        self.report.reason = reason
+        log.info("running %s untiled: %s", type(original.__self__).__name__, reason)
+        return original(*args, **kwargs)
+
+    def _tiled(self, program: Program, x: torch.Tensor, original: Callable[..., Any]) -> torch.Tensor:
+        full = _full_size(program, x)
+        device = x.device
+        store = self._store_device(program, x, full)
+        tile = self.tile_size(program, x)
+        if self.config.mode == "auto" and tile >= max(full):
+            self.report.tile_size = tile
+            return self._untiled(original, f"the image ({full[1]}x{full[0]} px) fits in one tile", (x,), {})
+        oom = _oom_errors()
+        while True:
+            plan = self.plan(program, x, full, tile)
+            self.report.tiled, self.report.tile_size, self.report.plan = True, tile, plan
+            self.report.store = str(store)
+            log.info(
+                "tiled %s: %dx%d px, %d tiles of up to %d px (%s planner), activations on %s",
+                self.report.family,
+                full[1],
+                full[0],
+                len(plan),
+                tile,
+                self.config.planner,
+                store,
+            )
+            engine = Engine(program, plan, full, RunOptions(device, store, self.progress, self.check_interrupt))
+            try:
+                return engine.run(x)
+            except oom:
+                if tile // 2 < program.align:
+                    raise
+            del engine
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            tile = max(program.align, tile // 2 // program.align * program.align)
+            self.report.retries += 1
+            log.warning("out of device memory while tiling; retrying with tiles of %d px", tile)
+
+    def tile_size(self, program: Program, x: torch.Tensor) -> int:
+        """The configured tile side, aligned; or the largest that fits in free device memory."""
+        align = program.align
+        if self.config.tile_size:
+            if self.config.tile_size < align:
+                log.warning(
+                    "tile size %d px is below this VAE's %d px alignment; using %d px",
+                    self.config.tile_size,
+                    align,
+                    align,
+                )
+            return max(align, self.config.tile_size // align * align)
+        free = self.free_memory(x.device)
+        if free is None:
+            return DEFAULT_CPU_TILE
+        per_pixel = bytes_per_pixel(program, x.shape[0], x.dtype)
+        return tile_from_memory(free, per_pixel, align)
+
+    def _store_device(self, program: Program, x: torch.Tensor, full: tuple[int, int]) -> torch.device:
+        choice = self.config.store
+        if x.device.type == "cpu" or choice == "device":
+            return x.device
+        if choice == "cpu":
+            return torch.device("cpu")
+        free = self.free_memory(x.device)
+        need = store_bytes(program, x.shape[0], full, x.dtype)
+        return x.device if free is not None and need <= free // 2 else torch.device("cpu")
+
+    def plan(self, program: Program, x: torch.Tensor, full: tuple[int, int], tile: int) -> list[Rect]:
+        """Tiles for ``x``; the quadtree measures detail on ``x`` itself (latent or pixels)."""
+        align = program.align
+        if self.config.planner == "grid":
+            return grid_plan(full[0], full[1], tile, align)
+        cell = align if program.in_level == 0 else 1
+        detail = detail_map(x, cell)
+        min_tile = self.config.min_tile_size or None
+        return quadtree_plan(full[0], full[1], tile, align, detail, min_tile)
+
+
+def _full_size(program: Program, x: torch.Tensor) -> tuple[int, int]:
+    """Full-resolution size: a decoder's output, an encoder's input."""
+    scale = 2 ** (program.in_level - program.out_level) if program.in_level > program.out_level else 1
+    return x.shape[-2] * scale, x.shape[-1] * scale
+
+
+def _validate(x: torch.Tensor, program: Program, family: Family) -> None:
+    """Reject input the VAE cannot take, before any tile runs, with what to do about it."""
+    if x.ndim != 4:
+        raise ValueError(
+            f"{family.name} takes a 4D (batch, channels, height, width) tensor, got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != program.in_channels:
+        what = "latent" if family.role == "decoder" else "image"
+        raise ValueError(
+            f"the {what} has {x.shape[1]} channels but this VAE's {family.role} takes "
+            f"{program.in_channels}: connect the VAE that matches the model that made it "
+            "(4 channels: SD1.x/SDXL; 16: Flux/SD3)"
+        )
+    if program.in_level == 0 and min(x.shape[-2:]) < program.align:
+        raise ValueError(
+            f"the image is {x.shape[-1]}x{x.shape[-2]} px; this VAE needs at least {program.align} px on each side"
+        )
+    if not torch.isfinite(x).all():
+        raise ValueError(f"the {family.role} input contains NaN or infinite values; check the node that made it")
+
+
+def plan_tiles(
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    config: TilingConfig,
+    free_memory: Callable[[torch.device], int | None] = default_free_memory,
+) -> tuple[list[Rect], tuple[int, int]]:
+    """The tile plan (full-resolution rectangles) and full size a hooked call of ``module`` on ``x`` would use.
+
+    Raises ValueError when no registered family can tile ``module``.
+    """
+    family = detect(module)
+    if family is None:
+        raise ValueError(f"{type(module).__name__} matches no VAE family this pack can tile")
+    try:
+        program = family.build(module)
+    except Unsupported as e:
+        raise ValueError(f"{family.name} cannot be tiled: {e}") from e
+    _validate(x, program, family)
+    handler = TiledForward(config, free_memory=free_memory)
+    full = _full_size(program, x)
+    return handler.plan(program, x, full, handler.tile_size(program, x)), full
+
+
+def tiled(module: torch.nn.Module, config: TilingConfig, **kwargs: Any) -> ForwardHook:
+    """A hook (use it in ``with``) that tiles every call of ``module`` until the block ends."""
+    return ForwardHook(module, TiledForward(config, **kwargs))
