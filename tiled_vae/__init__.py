@@ -8,6 +8,7 @@ from .families import FAMILIES, Family, detect
 from .geometry import Rect
 from .hook import ForwardHook
 from .planner import detail_map, grid_plan, quadtree_plan
+from .preview import draw_plan
 from .tiler import RunReport, TiledForward, TilingConfig, plan_tiles, tiled
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "TilingConfig",
     "detail_map",
     "detect",
+    "draw_plan",
     "grid_plan",
     "plan_tiles",
     "quadtree_plan",

@@ -207,6 +207,19 @@ class Engine:
         if out_stats is not None:
             self.stats[step.dst] = out_stats
 
+    def halo_overhead(self) -> float:
+        """Extra input the tiles read (and recompute) over an untiled run, as a fraction.
+
+        Pure geometry: the sum over window steps and tiles of ``window area * input channels``
+        against ``input area * input channels``; nothing runs.
+        """
+        tiled = plain = 0
+        for step in self.program.window_steps():
+            in_size = self.sizes[step.level]
+            plain += in_size[0] * in_size[1] * step.c_in
+            tiled += sum(input_window(step, core, in_size).area for core in self._cores(step)) * step.c_in
+        return tiled / plain - 1 if plain else 0.0
+
     def _residual(self, step: WindowStep, res: torch.Tensor, core: Rect) -> torch.Tensor:
         if step.shortcut is None:
             return res[(..., *core.slices())].to(self.opt.device)

@@ -57,17 +57,19 @@ def group_norm_with_stats(
 ) -> torch.Tensor:
     """Apply ``norm`` (its groups, weight and bias) to ``x`` using given (B, G) statistics.
 
-    Computed in fp32 and returned in ``x``'s dtype, as the untiled GroupNorm kernels do. The affine
-    parameters are read from the module and moved to ``x``'s device, which also covers modules whose
-    weights live elsewhere until cast (ComfyUI's low-VRAM mode).
+    The statistics and the affine parameters fold into one fp32 scale and shift per (sample,
+    channel), applied in a single fused multiply-add in fp32 and returned in ``x``'s dtype, as the
+    untiled GroupNorm kernels compute. The affine parameters are read from the module and moved to
+    ``x``'s device, which also covers weights that live elsewhere until cast (ComfyUI's low-VRAM mode).
     """
-    b, c, h, w = x.shape
-    g = norm.num_groups
-    y = x.reshape(b, g, -1).float()
-    y = (y - mean[:, :, None]) * rstd[:, :, None]
-    y = y.reshape(b, c, h, w)
+    b, c = x.shape[:2]
+    per_group = c // norm.num_groups
+    scale = rstd.repeat_interleave(per_group, dim=1)  # (B, C)
+    shift = -mean.repeat_interleave(per_group, dim=1) * scale
     if norm.weight is not None:
-        y = y * norm.weight.to(x.device, torch.float32)[None, :, None, None]
+        w = norm.weight.to(x.device, torch.float32)
+        scale, shift = scale * w, shift * w
     if norm.bias is not None:
-        y = y + norm.bias.to(x.device, torch.float32)[None, :, None, None]
-    return y.to(x.dtype)
+        shift = shift + norm.bias.to(x.device, torch.float32)
+    view = (b, c) + (1,) * (x.ndim - 2)
+    return torch.addcmul(shift.view(view), x, scale.view(view)).to(x.dtype)

@@ -59,42 +59,34 @@ def quadtree_plan(
     min_tile: int | None = None,
     split_above: float = 1.5,
 ) -> list[Rect]:
-    """Recursive quadrant split: every leaf fits in ``tile``; detailed leaves split further.
+    """Grid roots refined where the content is busy.
 
-    The root is the whole image. A node splits into up to four aligned quadrants while it is larger
-    than ``tile`` on either side, or while its mean ``detail`` (from :func:`detail_map`, one value
-    per ``align`` cell) exceeds ``split_above`` times the image mean and its halves would still be
-    at least ``min_tile``. Flat regions therefore stay in few large tiles and busy regions get small
-    ones. Leaves partition the image exactly.
+    The roots are the tiles of :func:`grid_plan` (the fewest near-equal tiles within ``tile``).
+    A node splits into four aligned quadrants while its mean ``detail`` (from :func:`detail_map`,
+    one value per ``align`` cell) exceeds ``split_above`` times the image mean and its halves would
+    still be at least ``min_tile`` (default a quarter of ``tile``). Flat regions keep the largest
+    tiles, busy ones get smaller tiles. Leaves partition the image exactly.
     """
-    _check(height, width, tile, align)
+    roots = grid_plan(height, width, tile, align)
     min_tile = max(align, min_tile if min_tile is not None else tile // 4)
-    mean_detail = float(detail.mean()) if detail is not None and detail.numel() else 0.0
+    if detail is None or not detail.numel() or float(detail.mean()) <= 0:
+        return roots
+    threshold = split_above * float(detail.mean())
     leaves: list[Rect] = []
 
-    def busy(r: Rect) -> bool:
-        if detail is None or mean_detail <= 0:
-            return False
-        cells = detail[r.y0 // align : math.ceil(r.y1 / align), r.x0 // align : math.ceil(r.x1 / align)]
-        return float(cells.mean()) > split_above * mean_detail
-
     def split(r: Rect) -> None:
-        too_big = r.height > tile or r.width > tile
-        can_halve = min(r.height, r.width) >= 2 * min_tile
-        if not too_big and not (can_halve and busy(r)):
+        cells = detail[r.y0 // align : math.ceil(r.y1 / align), r.x0 // align : math.ceil(r.x1 / align)]
+        ym, xm = _mid(r.y0, r.y1, align), _mid(r.x0, r.x1, align)
+        if min(r.height, r.width) < 2 * min_tile or float(cells.mean()) <= threshold or (ym, xm) == (r.y1, r.x1):
             leaves.append(r)
-            return
-        ym = _mid(r.y0, r.y1, align) if (r.height > tile or (not too_big and can_halve)) else r.y1
-        xm = _mid(r.x0, r.x1, align) if (r.width > tile or (not too_big and can_halve)) else r.x1
-        if ym in (r.y0, r.y1) and xm in (r.x0, r.x1):
-            leaves.append(r)  # cannot be cut on the alignment any further
             return
         for ya, yb in ((r.y0, ym), (ym, r.y1)):
             for xa, xb in ((r.x0, xm), (xm, r.x1)):
                 if yb > ya and xb > xa:
                     split(Rect(ya, yb, xa, xb))
 
-    split(Rect(0, height, 0, width))
+    for root in roots:
+        split(root)
     return leaves
 
 

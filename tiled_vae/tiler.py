@@ -36,7 +36,7 @@ class TilingConfig:
     """
 
     tile_size: int = 0
-    planner: Planner = "quadtree"
+    planner: Planner = "grid"
     min_tile_size: int = 0
     mode: Mode = "auto"
     store: Store = "auto"
@@ -53,6 +53,7 @@ class RunReport:
     plan: list[Rect] = field(default_factory=list)
     store: str = ""
     retries: int = 0
+    halo_overhead: float = 0.0
 
 
 def _oom_errors() -> tuple[type[BaseException], ...]:
@@ -145,7 +146,10 @@ class TiledForward:
             )
             engine = Engine(program, plan, full, RunOptions(device, store, self.progress, self.check_interrupt))
             try:
-                return engine.run(x)
+                with torch.no_grad():  # never keep an autograd graph across tiles
+                    out = engine.run(x)
+                self.report.halo_overhead = engine.halo_overhead()
+                return out
             except oom:
                 if tile // 2 < program.align:
                     raise

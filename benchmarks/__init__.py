@@ -1,0 +1,1 @@
+"""Benchmarks and the demo: print figures measured side by side in one run (never timed asserts)."""
