@@ -197,7 +197,10 @@ class Engine:
                 y = y / step.out_scale
             if dst is None:
                 out_h, out_w = self.sizes[step.out_level]
-                dst = torch.empty((y.shape[0], y.shape[1], out_h, out_w), dtype=y.dtype, device=self.opt.store)
+                pin = self.opt.store.type == "cpu" and self.opt.device.type == "cuda"  # faster copies back
+                dst = torch.empty(
+                    (y.shape[0], y.shape[1], out_h, out_w), dtype=y.dtype, device=self.opt.store, pin_memory=pin
+                )
             dst[(..., *core.slices())] = y.to(self.opt.store)
             if out_stats is not None:
                 out_stats.add(y)

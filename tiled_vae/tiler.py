@@ -123,13 +123,22 @@ class TiledForward:
 
     def _tiled(self, program: Program, x: torch.Tensor, original: Callable[..., Any]) -> torch.Tensor:
         full = _full_size(program, x)
-        device = x.device
-        store = self._store_device(program, x, full)
         tile = self.tile_size(program, x)
         if self.config.mode == "auto" and tile >= max(full):
             self.report.tile_size = tile
-            return self._untiled(original, f"the image ({full[1]}x{full[0]} px) fits in one tile", (x,), {})
-        oom = _oom_errors()
+            try:
+                return self._untiled(original, f"the image ({full[1]}x{full[0]} px) fits in one tile", (x,), {})
+            except _oom_errors():
+                pass  # leave the except block first so the failed attempt's tensors can be freed
+            self._free(x.device)
+            tile = self._halved(program, max(full))
+            log.warning("out of device memory untiled; tiling with tiles of %d px", tile)
+        return self._run_engine(program, x, full, tile)
+
+    def _run_engine(self, program: Program, x: torch.Tensor, full: tuple[int, int], tile: int) -> torch.Tensor:
+        """Run the tile engine, halving the tile after each out-of-memory error."""
+        store = self._store_device(program, x, full)
+        options = RunOptions(x.device, store, self.progress, self.check_interrupt)
         while True:
             plan = self.plan(program, x, full, tile)
             self.report.tiled, self.report.tile_size, self.report.plan = True, tile, plan
@@ -144,21 +153,29 @@ class TiledForward:
                 self.config.planner,
                 store,
             )
-            engine = Engine(program, plan, full, RunOptions(device, store, self.progress, self.check_interrupt))
+            engine = Engine(program, plan, full, options)
             try:
                 with torch.no_grad():  # never keep an autograd graph across tiles
                     out = engine.run(x)
                 self.report.halo_overhead = engine.halo_overhead()
                 return out
-            except oom:
+            except _oom_errors():
                 if tile // 2 < program.align:
                     raise
             del engine
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            tile = max(program.align, tile // 2 // program.align * program.align)
+            self._free(x.device)
+            tile = self._halved(program, tile)
             self.report.retries += 1
             log.warning("out of device memory while tiling; retrying with tiles of %d px", tile)
+
+    @staticmethod
+    def _free(device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @staticmethod
+    def _halved(program: Program, tile: int) -> int:
+        return max(program.align, tile // 2 // program.align * program.align)
 
     def tile_size(self, program: Program, x: torch.Tensor) -> int:
         """The configured tile side, aligned; or the largest that fits in free device memory."""
