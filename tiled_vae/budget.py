@@ -26,7 +26,7 @@ def bytes_per_pixel(program: Program, batch: int, dtype: torch.dtype) -> float:
     size = torch.finfo(dtype).bits // 8
     worst = 0.0
     for step in program.window_steps():
-        level = min(step.level, step.out_level)
+        level = step.fine_level
         per = (step.c_in * (size + 4) + step.c_out * 3 * size) / 4**level
         worst = max(worst, per)
     return worst * batch * WORKSPACE_FACTOR
@@ -37,7 +37,7 @@ def store_bytes(program: Program, batch: int, full: tuple[int, int], dtype: torc
     size = torch.finfo(dtype).bits // 8
     worst = 0
     for step in program.window_steps():
-        level = min(step.level, step.out_level)
+        level = step.fine_level
         px = (full[0] >> level) * (full[1] >> level)
         worst = max(worst, px * (2 * step.c_in + step.c_out) * size)
     return worst * batch

@@ -102,7 +102,7 @@ class Engine:
         self.owned: set[str] = set()
         self.stats: dict[str, GroupStats] = {}
         self.done = 0
-        level0 = [s for s in program.window_steps() if min(s.level, s.out_level) == 0] or program.window_steps()
+        level0 = [s for s in program.window_steps() if s.fine_level == 0] or program.window_steps()
         widest = max((max(s.c_in, s.c_out) for s in level0), default=1)
         self.tile_elements = max((r.area for r in plan), default=0) * widest
         self.total = sum(len(self._cores(s)) for s in program.window_steps())
@@ -114,9 +114,9 @@ class Engine:
         one tile saves per-tile overhead and changes nothing else.
         """
         level = step.out_level
-        lo = min(step.level, step.out_level)
         h, w = self.sizes[level]
-        if self.sizes[lo][0] * self.sizes[lo][1] * max(step.c_in, step.c_out) <= self.tile_elements:
+        fine_h, fine_w = self.sizes[step.fine_level]
+        if fine_h * fine_w * max(step.c_in, step.c_out) <= self.tile_elements:
             return [Rect(0, h, 0, w)] if h * w > 0 else []
         cores = [rect_at_level(r, level, self.full, self.sizes) for r in self.plan]
         return [c for c in cores if c.area > 0]
@@ -136,17 +136,15 @@ class Engine:
         out = self.regs[self.program.steps[-1].dst].to(x.device)
         return self.program.post(out) if self.program.post is not None else out
 
-    def _write(self, name: str, value: torch.Tensor, owned: bool) -> None:
+    def _write(self, name: str, value: torch.Tensor) -> None:
+        """Bind a register to a tensor this engine allocated (so it may later be updated in place)."""
         self.regs[name] = value
         self.stats.pop(name, None)
-        if owned:
-            self.owned.add(name)
-        else:
-            self.owned.discard(name)
+        self.owned.add(name)
 
     def _run_global(self, step: GlobalStep, groups: int | None) -> None:
         out = step.fn(self.regs[step.src].to(self.opt.device))
-        self._write(step.dst, out, owned=True)
+        self._write(step.dst, out)
         if groups is not None:
             stats = GroupStats(groups)
             stats.add(out)
@@ -206,7 +204,7 @@ class Engine:
                 out_stats.add(y)
             del y
             self._tick()
-        self._write(step.dst, dst, owned=True)
+        self._write(step.dst, dst)
         if out_stats is not None:
             self.stats[step.dst] = out_stats
 

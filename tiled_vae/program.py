@@ -61,6 +61,11 @@ class WindowStep:
     def out_level(self) -> int:
         return self.level + LEVEL_CHANGE[self.geometry]
 
+    @property
+    def fine_level(self) -> int:
+        """The higher-resolution of the step's input and output levels (where its tiles are largest)."""
+        return min(self.level, self.out_level)
+
 
 Step = GlobalStep | WindowStep
 
