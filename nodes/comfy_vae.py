@@ -7,11 +7,14 @@ one tile's working memory, never for the full-image estimate.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
-from ..tiled_vae import RunReport, TilingConfig, tiled
+from ..tiled_vae import RunReport, TilingConfig, in_image_pixels, tiled
+
+log = logging.getLogger("comfyui-quadtree-tile.nodes")
 
 _PLANNING_TILE = 512
 """Tile side used for the memory request when the tile size is automatic."""
@@ -51,6 +54,23 @@ def tile_shape(latent_shape: tuple[int, ...], config: TilingConfig, ratio: int) 
     return (*latent_shape[:-2], min(side, latent_shape[-2]), min(side, latent_shape[-1]))
 
 
+def _warn_dropped_frames(vae: Any, x: torch.Tensor) -> None:
+    """Say so when a video VAE will ignore trailing frames (Wan encodes 1 + 4k frames), as VAE Encode does silently."""
+    down, up = getattr(vae, "downscale_ratio", None), getattr(vae, "upscale_ratio", None)
+    if x.ndim != 5 or not isinstance(down, tuple) or not isinstance(up, tuple) or not callable(down[0]):
+        return
+    frames = x.shape[2]
+    used = up[0](down[0](frames))
+    if used < frames:
+        log.warning(
+            "Quadtree VAE Encode: %d frames given, the VAE encodes the first %d and ignores the last %d "
+            "(it takes 1 + 4k frames); trim or pad the video to avoid losing them",
+            frames,
+            used,
+            frames - used,
+        )
+
+
 def decode(
     vae: Any, latent: torch.Tensor, config: TilingConfig, node_id: str | None = None
 ) -> tuple[torch.Tensor, RunReport]:
@@ -59,6 +79,7 @@ def decode(
     model = vae.first_stage_model
     ratio = vae.spacial_compression_decode()
     _load(vae, vae.memory_used_decode, tile_shape(tuple(latent.shape), config, ratio))
+    config = in_image_pixels(config, model.decoder, ratio)
     with tiled(model.decoder, config, **_hook_kwargs(node_id)) as hook:
         out = model.decode(latent.to(vae.vae_dtype).to(vae.device))
     images = vae.process_output(out.to(vae.output_device).float()).movedim(1, -1)
@@ -76,7 +97,9 @@ def encode(
     x = vae.vae_encode_crop_pixels(pixels[..., :3]).movedim(-1, 1)
     if vae.latent_dim == 3 and x.ndim < 5:
         x = x.unsqueeze(2) if vae.not_video else x.movedim(1, 0).unsqueeze(0)
+    _warn_dropped_frames(vae, x)
     _load(vae, vae.memory_used_encode, tile_shape(tuple(x.shape), config, 1))
+    config = in_image_pixels(config, model.encoder, vae.spacial_compression_encode())
     with tiled(model.encoder, config, **_hook_kwargs(node_id)) as hook:
         latent = model.encode(vae.process_input(x).to(vae.vae_dtype).to(vae.device))
     return latent.to(vae.output_device).float(), hook.handler.report

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..tiled_vae import RunReport, TilingConfig, plan_tiles
+from ..tiled_vae import RunReport, TilingConfig, in_image_pixels, plan_tiles
 from ..tiled_vae.preview import draw_plan
 from . import comfy_vae
 
@@ -192,10 +192,11 @@ class QuadtreeTilePreview:
 
         if samples is not None:
             x = samples["samples"]
-            module = model.decoder
+            module, ratio = model.decoder, vae.spacial_compression_decode()
         else:
             x = vae.process_input(vae.vae_encode_crop_pixels(image[..., :3]).movedim(-1, 1))
-            module = model.encoder
+            module, ratio = model.encoder, vae.spacial_compression_encode()
+        config = in_image_pixels(config, module, ratio)
         if x.ndim == 5:  # a video VAE: plan one frame (tiles are spatial and the same for all frames)
             x = x[:, :, 0]
         plan, full = plan_tiles(

@@ -9,7 +9,7 @@ from .geometry import Rect
 from .hook import ForwardHook
 from .planner import detail_map, grid_plan, quadtree_plan
 from .preview import draw_plan
-from .tiler import RunReport, TiledForward, TilingConfig, plan_tiles, tiled
+from .tiler import RunReport, TiledForward, TilingConfig, in_image_pixels, plan_tiles, tiled
 
 __all__ = [
     "FAMILIES",
@@ -23,6 +23,7 @@ __all__ = [
     "detect",
     "draw_plan",
     "grid_plan",
+    "in_image_pixels",
     "plan_tiles",
     "quadtree_plan",
     "tiled",

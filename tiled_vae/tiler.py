@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 
 from .budget import DEFAULT_CPU_TILE, bytes_per_pixel, store_bytes, tile_from_memory
+from .causal_tiler import CausalTiler
 from .engine import Engine, Progress, RunOptions
 from .families import Family, Unsupported, detect
 from .geometry import Rect
@@ -88,12 +89,16 @@ class TiledForward:
         self.check_interrupt = check_interrupt
         self.free_memory = free_memory
         self.report = RunReport()
+        self._causal: CausalTiler | None = None
 
     def __call__(self, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         module = original.__self__
         self.report = RunReport()
         family = detect(module)
         self.report.family = family.name if family else None
+        if family is not None and family.dims == 3:  # causal video VAEs: chunk calls with a time cache
+            self._causal = self._causal or CausalTiler(self)
+            return self._causal(original, family, args, kwargs)
         reason = self._untiled_reason(family, args, kwargs)
         program = None
         if reason is None:
@@ -264,6 +269,28 @@ def plan_tiles(
     handler = TiledForward(config, free_memory=free_memory)
     full = _full_size(program, x)
     return handler.plan(program, x, full, handler.tile_size(program, x)), full
+
+
+def in_image_pixels(config: TilingConfig, module: torch.nn.Module, image_ratio: int) -> TilingConfig:
+    """``config`` with tile sizes given in image pixels converted to ``module``'s own pixels.
+
+    The tiler measures tiles at the module's full resolution. Usually that is the image's, but a
+    VAE may fold pixels into channels outside the module (Wan 2.2 patchifies 2x2, so its decoder
+    works at half the image size): ``image_ratio`` (image pixels per latent pixel, e.g. 16) over
+    the module's own factor (``2**levels``, e.g. 8) gives the fold. Unrecognised modules and
+    automatic sizes (0) are left as they are.
+    """
+    family = detect(module)
+    if family is None:
+        return config
+    try:
+        own = family.build(module).align
+    except Unsupported:
+        return config
+    fold = max(1, image_ratio // own)
+    if fold == 1:
+        return config
+    return replace(config, tile_size=config.tile_size // fold, min_tile_size=config.min_tile_size // fold)
 
 
 def tiled(module: torch.nn.Module, config: TilingConfig, **kwargs: Any) -> ForwardHook:

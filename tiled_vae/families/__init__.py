@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..program import Program
-from . import comfy_2d, diffusers_2d
+from . import comfy_2d, diffusers_2d, wan_comfy, wan_diffusers
 from .common import Unsupported
 
 
@@ -33,6 +33,12 @@ FAMILIES: tuple[Family, ...] = (
     Family("comfyui-2d-encoder", "encoder", 2, comfy_2d.is_encoder, comfy_2d.build_encoder),
     Family("diffusers-2d-decoder", "decoder", 2, diffusers_2d.is_decoder, diffusers_2d.build_decoder),
     Family("diffusers-2d-encoder", "encoder", 2, diffusers_2d.is_encoder, diffusers_2d.build_encoder),
+    Family("comfyui-wan21-decoder", "decoder", 3, wan_comfy.is_wan21_decoder, wan_comfy.build_decoder),
+    Family("comfyui-wan21-encoder", "encoder", 3, wan_comfy.is_wan21_encoder, wan_comfy.build_encoder),
+    Family("comfyui-wan22-decoder", "decoder", 3, wan_comfy.is_wan22_decoder, wan_comfy.build_decoder),
+    Family("comfyui-wan22-encoder", "encoder", 3, wan_comfy.is_wan22_encoder, wan_comfy.build_encoder),
+    Family("diffusers-wan-decoder", "decoder", 3, wan_diffusers.is_decoder, wan_diffusers.build_decoder),
+    Family("diffusers-wan-encoder", "encoder", 3, wan_diffusers.is_encoder, wan_diffusers.build_encoder),
 )
 
 

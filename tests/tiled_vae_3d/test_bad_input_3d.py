@@ -1,0 +1,65 @@
+"""Bad input to a 3D VAE: a clear error before anything runs; the hook always comes off."""
+
+import pytest
+import torch
+from quadtree_tile.tiled_vae import TilingConfig, tiled
+from wan_models import comfy_wan21, decode_frames
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return comfy_wan21()
+
+
+def test_4d_latent_is_a_clear_error_and_the_model_is_untouched(pair):
+    cache = [None] * 40
+    with pytest.raises(ValueError, match=r"5D .*add a frame axis"), tiled(pair.decoder, TilingConfig(mode="tiled")):
+        pair.decoder(torch.randn(1, 4, 7, 9), feat_cache=cache, feat_idx=[0])
+    assert all(v is None for v in cache)
+    assert "forward" not in pair.decoder.__dict__
+
+
+def test_channel_mismatch_names_both_counts_and_the_families(pair):
+    z = torch.randn(1, 48, 1, 7, 9)
+    match = r"48 channels .* takes 4.*16 latent channels.*48: Wan 2.2"
+    with pytest.raises(ValueError, match=match), tiled(pair.decoder, TilingConfig(mode="tiled")):
+        decode_frames(pair.decoder, z)
+
+
+def test_hook_is_removed_after_an_exception_at_a_later_frame(pair):
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) > 12:  # well into the second frame
+            raise KeyboardInterrupt("stopped by the user")
+
+    z = torch.randn(1, 4, 3, 7, 9)
+    hook = tiled(pair.decoder, TilingConfig(tile_size=32, mode="tiled"), check_interrupt=interrupt)
+    with pytest.raises(KeyboardInterrupt), torch.no_grad(), hook:
+        decode_frames(pair.decoder, z)
+    assert "forward" not in pair.decoder.__dict__
+    with torch.no_grad():  # and the model still decodes normally
+        assert decode_frames(pair.decoder, z[:, :, :1]).shape == (1, 3, 1, 56, 72)
+
+
+def test_out_of_memory_in_a_stage_halves_the_tile_and_stays_exact(pair):
+    z = torch.randn(1, 4, 2, 7, 9)
+    conv = pair.decoder.head[-1]
+    with torch.no_grad():
+        ref = decode_frames(pair.decoder, z)
+    real = conv.forward
+
+    def limited(x, *args, **kwargs):
+        if x.shape[-2] * x.shape[-1] > 40 * 40:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(x, *args, **kwargs)
+
+    conv.forward = limited
+    try:
+        with torch.no_grad(), tiled(pair.decoder, TilingConfig(tile_size=64, mode="tiled")) as hook:
+            out = decode_frames(pair.decoder, z)
+    finally:
+        del conv.forward
+    assert hook.handler.report.tile_size == 32
+    assert (out - ref).abs().max().item() <= 1e-4
