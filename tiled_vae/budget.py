@@ -47,3 +47,19 @@ def tile_from_memory(free_bytes: int, per_pixel: float, align: int, fraction: fl
     """Largest aligned square tile whose working set fits in ``fraction`` of ``free_bytes``."""
     side = int(math.sqrt(max(0.0, free_bytes * fraction) / per_pixel))
     return max(align, side // align * align)
+
+
+def oom_errors() -> tuple[type[BaseException], ...]:
+    """The exception types torch raises when the compute device runs out of memory."""
+    return tuple(e for e in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if e)
+
+
+def release_cached(device: torch.device) -> None:
+    """Return the allocator's cached blocks after an out-of-memory error, before a retry."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def halved(tile: int, align: int) -> int:
+    """Half the tile side, aligned down, never below ``align``: the next size after running out of memory."""
+    return max(align, tile // 2 // align * align)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .budget import DEFAULT_CPU_TILE, WORKSPACE_FACTOR, tile_from_memory
+from .budget import DEFAULT_CPU_TILE, WORKSPACE_FACTOR, halved, oom_errors, release_cached, tile_from_memory
 from .causal_program import CACHE_T, CausalProgram, CausalStage
 from .families import Family, Unsupported
 from .geometry import Rect, level_sizes, rect_at_level
@@ -32,10 +32,6 @@ from .geometry import Rect, level_sizes, rect_at_level
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
 
 _ARGS = ("feat_cache", "feat_idx", "first_chunk")
-
-
-def _oom_errors() -> tuple[type[BaseException], ...]:
-    return tuple(e for e in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if e)
 
 
 def stage_window(stage: CausalStage, core: Rect, in_size: tuple[int, int]) -> Rect:
@@ -145,13 +141,13 @@ class CausalTiler:
             saved, start = (list(cache) if cache is not None else None), idx[0]
             try:
                 return h._untiled(original, f"the frame ({full[1]}x{full[0]} px) fits in one tile", args, kwargs)
-            except _oom_errors():
+            except oom_errors():
                 pass  # leave the except block first so the failed attempt's tensors can be freed
             if cache is not None:
                 cache[:] = saved
             idx[0] = start
-            _free(x.device)
-            tile = self.tile_limit = _halved(program, max(full))
+            release_cached(x.device)
+            tile = self.tile_limit = halved(max(full), program.align)
             log.warning("out of device memory untiled; tiling with tiles of %d px", tile)
         store = self._store_device(program, x, full, tile)
         report = h.report
@@ -280,7 +276,7 @@ class _Run:
     def _tiled_stage(
         self, stage: CausalStage, h: torch.Tensor, cache: list[Any] | None, counter: list[int], first_chunk: bool
     ) -> torch.Tensor:
-        oom = _oom_errors()
+        oom = oom_errors()
         while True:
             try:
                 out, new = self._tiles(stage, h, cache, counter[0], first_chunk)
@@ -288,8 +284,8 @@ class _Run:
             except oom:
                 if self.tile // 2 < self.program.align:
                     raise
-            _free(self.device)
-            self.tile = _halved(self.program, self.tile)
+            release_cached(self.device)
+            self.tile = halved(self.tile, self.program.align)
             self.retries += 1
             log.warning("out of device memory in %s; retrying with tiles of %d px", stage.name, self.tile)
         if cache is not None:
@@ -515,12 +511,3 @@ def _calls_hint(x: torch.Tensor, program: CausalProgram) -> int | None:
         return None
     t = base.shape[2]
     return t if program.in_level > 0 else 1 + (t - 1) // 4
-
-
-def _free(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _halved(program: CausalProgram, tile: int) -> int:
-    return max(program.align, tile // 2 // program.align * program.align)

@@ -9,7 +9,15 @@ from typing import Any, Literal
 
 import torch
 
-from .budget import DEFAULT_CPU_TILE, bytes_per_pixel, store_bytes, tile_from_memory
+from .budget import (
+    DEFAULT_CPU_TILE,
+    bytes_per_pixel,
+    halved,
+    oom_errors,
+    release_cached,
+    store_bytes,
+    tile_from_memory,
+)
 from .causal_tiler import CausalTiler
 from .engine import Engine, Progress, RunOptions
 from .families import Family, Unsupported, detect
@@ -55,10 +63,6 @@ class RunReport:
     store: str = ""
     retries: int = 0
     halo_overhead: float = 0.0
-
-
-def _oom_errors() -> tuple[type[BaseException], ...]:
-    return tuple(e for e in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if e)
 
 
 def default_free_memory(device: torch.device) -> int | None:
@@ -133,10 +137,10 @@ class TiledForward:
             self.report.tile_size = tile
             try:
                 return self._untiled(original, f"the image ({full[1]}x{full[0]} px) fits in one tile", (x,), {})
-            except _oom_errors():
+            except oom_errors():
                 pass  # leave the except block first so the failed attempt's tensors can be freed
-            self._free(x.device)
-            tile = self._halved(program, max(full))
+            release_cached(x.device)
+            tile = halved(max(full), program.align)
             log.warning("out of device memory untiled; tiling with tiles of %d px", tile)
         return self._run_engine(program, x, full, tile)
 
@@ -164,23 +168,14 @@ class TiledForward:
                     out = engine.run(x)
                 self.report.halo_overhead = engine.halo_overhead()
                 return out
-            except _oom_errors():
+            except oom_errors():
                 if tile // 2 < program.align:
                     raise
             del engine
-            self._free(x.device)
-            tile = self._halved(program, tile)
+            release_cached(x.device)
+            tile = halved(tile, program.align)
             self.report.retries += 1
             log.warning("out of device memory while tiling; retrying with tiles of %d px", tile)
-
-    @staticmethod
-    def _free(device: torch.device) -> None:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    @staticmethod
-    def _halved(program: Program, tile: int) -> int:
-        return max(program.align, tile // 2 // program.align * program.align)
 
     def tile_size(self, program: Program, x: torch.Tensor) -> int:
         """The configured tile side, aligned; or the largest that fits in free device memory."""
