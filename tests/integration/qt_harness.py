@@ -336,7 +336,7 @@ def api_to_ui(
     """
     titles = titles or {}
     depth = _depths(api)
-    column_rows: dict[int, int] = {}
+    column_tops: dict[int, int] = {}
     link_id = 0
     links: list[list[Any]] = []
     out_links: dict[tuple[str, int], list[int]] = {}
@@ -379,13 +379,14 @@ def api_to_ui(
         for name, spec in specs.items():  # unconnected sockets still show as inputs
             if name not in widget_names and name not in {i["name"] for i in ui_inputs}:
                 ui_inputs.append({"name": name, "type": spec[0], "link": None})
-        row = column_rows.get(depth[nid], 0)
-        column_rows[depth[nid]] = row + 1
+        height = 140 + 34 * (len(values) + len(ui_inputs))
+        top = column_tops.get(depth[nid], 200)  # stack a column's nodes by their heights: no overlap
+        column_tops[depth[nid]] = top + height + 40
         entry_node = {
             "id": int(nid),
             "type": node["class_type"],
-            "pos": [40 + 380 * depth[nid], 200 + 320 * row],
-            "size": [340, 120 + 28 * (len(values) + len(ui_inputs))],
+            "pos": [40 + 380 * depth[nid], top],
+            "size": [340, height],
             "flags": {},
             "order": k,
             "mode": 0,
