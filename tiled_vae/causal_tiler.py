@@ -97,15 +97,15 @@ class CausalTiler:
     def __call__(self, original: Callable[..., Any], family: Family, args: tuple, kwargs: dict) -> Any:
         h = self.h
         if h.config.mode == "untiled":
-            return h._untiled(original, "mode is 'untiled'", args, kwargs)
+            return h.run_untiled(original, "mode is 'untiled'", args, kwargs)
         try:
             program = self._program(family, original.__self__)
         except Unsupported as e:
-            return h._untiled(original, f"{family.name}: {e}", args, kwargs)
+            return h.run_untiled(original, f"{family.name}: {e}", args, kwargs)
         call = _bind(program, args, kwargs)
         if call is None:
             reason = f"{family.name}: the call passes arguments the tiled path does not take"
-            return h._untiled(original, reason, args, kwargs)
+            return h.run_untiled(original, reason, args, kwargs)
         x, cache, idx, first_chunk = call
         _validate(x, program, family)
         if cache is None or all(v is None for v in cache):
@@ -140,7 +140,7 @@ class CausalTiler:
             h.report.tile_size = tile
             saved, start = (list(cache) if cache is not None else None), idx[0]
             try:
-                return h._untiled(original, f"the frame ({full[1]}x{full[0]} px) fits in one tile", args, kwargs)
+                return h.run_untiled(original, f"the frame ({full[1]}x{full[0]} px) fits in one tile", args, kwargs)
             except oom_errors():
                 pass  # leave the except block first so the failed attempt's tensors can be freed
             if cache is not None:

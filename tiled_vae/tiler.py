@@ -111,7 +111,7 @@ class TiledForward:
             except Unsupported as e:
                 reason = f"{family.name}: {e}"
         if program is None:
-            return self._untiled(original, reason, args, kwargs)
+            return self.run_untiled(original, reason, args, kwargs)
         x = args[0]
         _validate(x, program, family)
         return self._tiled(program, x, original)
@@ -125,7 +125,8 @@ class TiledForward:
             return f"{family.name}: the call passes arguments the tiled path does not take"
         return None
 
-    def _untiled(self, original: Callable[..., Any], reason: str, args: tuple, kwargs: dict) -> Any:
+    def run_untiled(self, original: Callable[..., Any], reason: str, args: tuple, kwargs: dict) -> Any:
+        """Call the original forward with every argument, recording and logging why it ran untiled."""
         self.report.reason = reason
         log.info("running %s untiled: %s", type(original.__self__).__name__, reason)
         return original(*args, **kwargs)
@@ -136,7 +137,7 @@ class TiledForward:
         if self.config.mode == "auto" and tile >= max(full):
             self.report.tile_size = tile
             try:
-                return self._untiled(original, f"the image ({full[1]}x{full[0]} px) fits in one tile", (x,), {})
+                return self.run_untiled(original, f"the image ({full[1]}x{full[0]} px) fits in one tile", (x,), {})
             except oom_errors():
                 pass  # leave the except block first so the failed attempt's tensors can be freed
             release_cached(x.device)
