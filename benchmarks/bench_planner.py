@@ -12,13 +12,11 @@ would fall) and elsewhere.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 
 import torch
 
-from .common import load_pack, randomise_, sdxl_class_vae
+from .common import emit, load_pack, randomise_, sdxl_class_vae
 
 
 def scene(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -32,10 +30,6 @@ def scene(h: int, w: int, seed: int = 0) -> torch.Tensor:
     ph, pw = h // 8, w // 8
     img[:, h // 5 : h // 5 + ph, w // 5 : w // 5 + pw] = torch.rand(3, ph, pw, generator=g)
     return (img * 2 - 1)[None]
-
-
-def _emit(**row: object) -> None:
-    sys.stdout.write(json.dumps(row) + "\n")
 
 
 def geometry(args: argparse.Namespace, tv: object) -> None:
@@ -53,7 +47,7 @@ def geometry(args: argparse.Namespace, tv: object) -> None:
             else:
                 plan = tv.quadtree_plan(h, w, args.tile, program.align, detail)
             engine = Engine(program, plan, (h, w), RunOptions(cpu, cpu))
-            _emit(
+            emit(
                 size=f"{w}x{h}",
                 planner=planner,
                 tile=args.tile,
@@ -90,7 +84,7 @@ def seam_error(tv: object) -> None:
                     e = math.ceil(edge / 8)
                     near[:, max(0, e - 2) : e + 2] = True
             d = (out - ref).abs().amax(dim=(0, 1))
-            _emit(
+            emit(
                 case="encode 512x384 (reduced width)",
                 planner=planner,
                 tiles=len(hook.handler.report.plan),

@@ -13,7 +13,6 @@ The text encoder itself is ComfyUI's and is not timed here. One JSON object per 
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import sys
@@ -22,11 +21,7 @@ import time
 
 import torch
 
-from .common import PACK_ROOT, load_pack
-
-
-def _emit(**row: object) -> None:
-    sys.stdout.write(json.dumps(row) + "\n")
+from .common import PACK_ROOT, emit, load_pack
 
 
 def _time(fn, repeat: int, *fn_args: object, **fn_kwargs: object) -> float:
@@ -79,7 +74,7 @@ def main() -> None:
                 )
                 if tok is not None:
                     row["tokenize_ms"] = round(_time(tok, args.repeat, plan.text) * 1000, 2)
-                _emit(**row)
+                emit(**row)
     sys.path.insert(0, str(PACK_ROOT / "tests" / "qwen_clip"))
     try:
         from qwen_clip_helpers import write_text_encoder
@@ -88,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         path = str(write_text_encoder(pathlib.Path(d) / "layout.safetensors"))
         t = _time(qc.inspect_qwen_checkpoint, args.repeat, path)
-        _emit(bench="header_check", tensors=len(qc.read_header(path)), ms=round(t * 1000, 2))
+        emit(bench="header_check", tensors=len(qc.read_header(path)), ms=round(t * 1000, 2))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ configuration: seconds per step, overhead vs unpatched, skipped fraction, speedu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -26,12 +25,7 @@ from typing import Any
 
 import torch
 
-from .common import load_pack, randomise_
-
-
-def _emit(**row: Any) -> None:
-    sys.stdout.write(json.dumps(row) + "\n")
-    sys.stdout.flush()
+from .common import emit, load_pack, randomise_
 
 
 def _model(heads: int, layers: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, str, int]:
@@ -132,7 +126,7 @@ def main() -> int:
     base, _ = best(lambda: ({}, None))
     common = dict(model=kind, device=str(device), dtype=str(dtype).split(".")[-1], width=heads * 128, layers=layers,
                   size=size, steps=steps, cfg="batched")  # fmt: skip
-    _emit(**common, config="unpatched", s_per_step=round(base / steps, 5))
+    emit(**common, config="unpatched", s_per_step=round(base / steps, 5))
     configs = [
         ("threshold 0", dict(threshold=0.0)),
         ("forced skips, 1 in a row, second half", dict(threshold=1e9, max_skips=1, start=0.5)),
@@ -151,7 +145,7 @@ def main() -> int:
             ideal = 1 / (1 - skipped)
             row.update(speedup=round(base / seconds, 3), ideal=round(ideal, 3),
                        speedup_vs_ideal_pct=round(100 * (base / seconds) / ideal - 100, 1))  # fmt: skip
-        _emit(**row)
+        emit(**row)
     return 0
 
 

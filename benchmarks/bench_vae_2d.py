@@ -13,19 +13,13 @@ ComfyUI's [0, 1] image space, with ComfyUI's tiled decode at its node defaults (
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 import torch
 
-from .common import errors, load_pack, measure, randomise_, sdxl_class_vae
-
-
-def _emit(**row: Any) -> None:
-    sys.stdout.write(json.dumps(row) + "\n")
-    sys.stdout.flush()
+from .common import device_and_dtype, emit, errors, load_pack, measure, randomise_, sdxl_class_vae
 
 
 def _oom() -> tuple[type[BaseException], ...]:
@@ -64,13 +58,8 @@ def _comfy_vae(device: torch.device) -> Any:
 def run(args: argparse.Namespace) -> None:
     pack = load_pack()
     tv = pack.tiled_vae
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    ]
-    _emit(
+    device, dtype = device_and_dtype(args.device, args.dtype)
+    emit(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         torch=torch.__version__,
         dtype=str(dtype),
@@ -121,9 +110,9 @@ def run(args: argparse.Namespace) -> None:
         case = f"decode_{size}"
         try:
             ref, t_ref, peak_ref = measure(lambda z=z: untiled(z), device)
-            _emit(case=case, run="untiled", seconds=round(t_ref, 3), peak_gib=peak_ref)
+            emit(case=case, run="untiled", seconds=round(t_ref, 3), peak_gib=peak_ref)
         except _oom() as e:
-            _emit(case=case, run="untiled", error=str(e).splitlines()[0][:120])
+            emit(case=case, run="untiled", error=str(e).splitlines()[0][:120])
             ref = None
         for name, cfg in configs:
             holder: dict[str, Any] = {}
@@ -146,14 +135,14 @@ def run(args: argparse.Namespace) -> None:
             )
             if ref is not None:
                 row.update(errors(out, ref, value_range), time_ratio=round(t / t_ref, 3))
-            _emit(**row)
+            emit(**row)
             del out
         if comfy_tiled is not None:
             out, t, peak = measure(lambda z=z: comfy_tiled(z), device)
             row = dict(case=case, run="comfyui VAEDecodeTiled 512/64", seconds=round(t, 3), peak_gib=peak)
             if ref is not None:
                 row.update(errors(out, ref, value_range), time_ratio=round(t / t_ref, 3))
-            _emit(**row)
+            emit(**row)
         del ref
 
 

@@ -17,7 +17,6 @@ overlap 8). PSNR and max abs are against the untiled run of the same dtype.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -25,12 +24,7 @@ from typing import Any
 
 import torch
 
-from .common import errors, load_pack, measure, randomise_
-
-
-def _emit(**row: Any) -> None:
-    sys.stdout.write(json.dumps(row) + "\n")
-    sys.stdout.flush()
+from .common import device_and_dtype, emit, errors, load_pack, measure, randomise_
 
 
 def _oom() -> tuple[type[BaseException], ...]:
@@ -134,14 +128,9 @@ def _input(kind: str, w: int, h: int, f: int, comfy: bool) -> torch.Tensor:
 def run(args: argparse.Namespace) -> None:
     pack = load_pack()
     tv = pack.tiled_vae
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-    ]
+    device, dtype = device_and_dtype(args.device, args.dtype)
     model = _Comfy(device, dtype, tv, pack) if args.comfy else _Diffusers(device, dtype, tv)
-    _emit(
+    emit(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         torch=torch.__version__,
         dtype=str(dtype),
@@ -159,9 +148,9 @@ def run(args: argparse.Namespace) -> None:
         ref = None
         try:
             ref, t_ref, peak = measure(lambda x=x, kind=kind: model.untiled(kind, x), device)
-            _emit(case=case, run="untiled", seconds=round(t_ref, 3), peak_gib=peak)
+            emit(case=case, run="untiled", seconds=round(t_ref, 3), peak_gib=peak)
         except _oom() as e:
-            _emit(case=case, run="untiled", error=str(e).splitlines()[0][:160])
+            emit(case=case, run="untiled", error=str(e).splitlines()[0][:160])
         runs: list[tuple[str, Callable[[], torch.Tensor], dict]] = []
         for name, cfg in configs:
             holder: dict[str, Any] = {}
@@ -177,7 +166,7 @@ def run(args: argparse.Namespace) -> None:
             try:
                 out, t, peak = measure(fn, device)
             except _oom() as e:
-                _emit(case=case, run=name, error=str(e).splitlines()[0][:160])
+                emit(case=case, run=name, error=str(e).splitlines()[0][:160])
                 continue
             row: dict[str, Any] = dict(case=case, run=name, seconds=round(t, 3), peak_gib=peak)
             rep = holder.get("report")
@@ -185,7 +174,7 @@ def run(args: argparse.Namespace) -> None:
                 row.update(tiled=rep.tiled, tiles=len(rep.plan), tile_px=rep.tile_size, store=rep.store)
             if ref is not None:
                 row.update(errors(out, ref, model.value_range), time_ratio=round(t / t_ref, 3))
-            _emit(**row)
+            emit(**row)
             del out
         del ref
 

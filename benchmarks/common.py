@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import pathlib
 import sys
@@ -84,3 +85,22 @@ def errors(out: torch.Tensor, ref: torch.Tensor, value_range: float = 2.0) -> di
         "max_abs": float(d.abs().max()),
         "psnr_db": float("inf") if mse == 0 else 10 * math.log10(value_range**2 / mse),
     }
+
+
+def emit(**row: Any) -> None:
+    """Print one JSON line of figures (what every benchmark outputs) and flush it at once."""
+    sys.stdout.write(json.dumps(row) + "\n")
+    sys.stdout.flush()
+
+
+def device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
+    """The compute device (CUDA when present) and dtype (bf16 on CUDA, fp32 on CPU) unless given.
+
+    TF32 is switched off on CUDA: it alone leaves ~7e-4 between differently shaped fp32 runs, which
+    would hide what tiling does.
+    """
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    name = dtype or ("bf16" if dev.type == "cuda" else "fp32")
+    return dev, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
