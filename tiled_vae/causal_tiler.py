@@ -28,10 +28,17 @@ from .budget import DEFAULT_CPU_TILE, WORKSPACE_FACTOR, halved, oom_errors, rele
 from .causal_program import CACHE_T, CausalProgram, CausalStage
 from .families import Family, Unsupported
 from .geometry import Rect, level_sizes, rect_at_level
+from .validation import check_input, full_size
 
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
 
 _ARGS = ("feat_cache", "feat_idx", "first_chunk")
+
+_CHECKS = {
+    "layout": "batch, channels, frames, height, width",
+    "channel_hint": "16 latent channels: Wan 2.1 / Qwen-Image; 48: Wan 2.2",
+    "pixels": "frames are",
+}
 
 
 def stage_window(stage: CausalStage, core: Rect, in_size: tuple[int, int]) -> Rect:
@@ -107,7 +114,7 @@ class CausalTiler:
             reason = f"{family.name}: the call passes arguments the tiled path does not take"
             return h.run_untiled(original, reason, args, kwargs)
         x, cache, idx, first_chunk = call
-        _validate(x, program, family)
+        check_input(x, program, family, **_CHECKS)
         if cache is None or all(v is None for v in cache):
             self.done = self.calls = 0
             self.tile_limit = None
@@ -134,7 +141,7 @@ class CausalTiler:
         kwargs: dict,
     ) -> torch.Tensor:
         h = self.h
-        full = _full_size(program, x)
+        full = full_size(program, x)
         tile = self._tile_size(program, x)
         if h.config.mode == "auto" and tile >= max(full):
             h.report.tile_size = tile
@@ -438,34 +445,6 @@ def _bind(program: CausalProgram, args: tuple, kwargs: dict) -> tuple[torch.Tens
     if not (isinstance(idx, list) and len(idx) == 1 and isinstance(idx[0], int)):
         return None
     return x, cache, idx, bool(bound.get("first_chunk", False))
-
-
-def _validate(x: torch.Tensor, program: CausalProgram, family: Family) -> None:
-    """Reject input the VAE cannot take, before anything runs or any cache entry changes."""
-    if x.ndim != 5:
-        hint = " add a frame axis: (batch, channels, 1, height, width)" if x.ndim == 4 else ""
-        raise ValueError(
-            f"{family.name} takes a 5D (batch, channels, frames, height, width) tensor, got shape "
-            f"{tuple(x.shape)};{hint or ' pass a video latent or image batch with a frame axis'}"
-        )
-    if x.shape[1] != program.in_channels:
-        what = "latent" if family.role == "decoder" else "input"
-        raise ValueError(
-            f"the {what} has {x.shape[1]} channels but this VAE's {family.role} takes {program.in_channels}: "
-            "connect the VAE that matches the model that made it (16 latent channels: Wan 2.1 / Qwen-Image; "
-            "48: Wan 2.2)"
-        )
-    if program.in_level == 0 and min(x.shape[-2:]) < program.align:
-        raise ValueError(
-            f"the frames are {x.shape[-1]}x{x.shape[-2]} px; this VAE needs at least {program.align} px on each side"
-        )
-    if not torch.isfinite(x).all():
-        raise ValueError(f"the {family.role} input contains NaN or infinite values; check the node that made it")
-
-
-def _full_size(program: CausalProgram, x: torch.Tensor) -> tuple[int, int]:
-    scale = 2 ** (program.in_level - program.out_level) if program.in_level > program.out_level else 1
-    return x.shape[-2] * scale, x.shape[-1] * scale
 
 
 def _frames(program: CausalProgram, x: torch.Tensor) -> int:

@@ -25,8 +25,15 @@ from .geometry import Rect
 from .hook import ForwardHook
 from .planner import detail_map, grid_plan, quadtree_plan
 from .program import Program
+from .validation import check_input, full_size
 
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
+
+_CHECKS = {
+    "layout": "batch, channels, height, width",
+    "channel_hint": "4 channels: SD1.x/SDXL; 16: Flux/SD3",
+    "pixels": "image is",
+}
 
 Planner = Literal["quadtree", "grid"]
 Mode = Literal["auto", "tiled", "untiled"]
@@ -113,7 +120,7 @@ class TiledForward:
         if program is None:
             return self.run_untiled(original, reason, args, kwargs)
         x = args[0]
-        _validate(x, program, family)
+        check_input(x, program, family, **_CHECKS)
         return self._tiled(program, x, original)
 
     def _untiled_reason(self, family: Family | None, args: tuple, kwargs: dict) -> str | None:
@@ -132,7 +139,7 @@ class TiledForward:
         return original(*args, **kwargs)
 
     def _tiled(self, program: Program, x: torch.Tensor, original: Callable[..., Any]) -> torch.Tensor:
-        full = _full_size(program, x)
+        full = full_size(program, x)
         tile = self.tile_size(program, x)
         if self.config.mode == "auto" and tile >= max(full):
             self.report.tile_size = tile
@@ -217,33 +224,6 @@ class TiledForward:
         return quadtree_plan(full[0], full[1], tile, align, detail, min_tile)
 
 
-def _full_size(program: Program, x: torch.Tensor) -> tuple[int, int]:
-    """Full-resolution size: a decoder's output, an encoder's input."""
-    scale = 2 ** (program.in_level - program.out_level) if program.in_level > program.out_level else 1
-    return x.shape[-2] * scale, x.shape[-1] * scale
-
-
-def _validate(x: torch.Tensor, program: Program, family: Family) -> None:
-    """Reject input the VAE cannot take, before any tile runs, with what to do about it."""
-    if x.ndim != 4:
-        raise ValueError(
-            f"{family.name} takes a 4D (batch, channels, height, width) tensor, got shape {tuple(x.shape)}"
-        )
-    if x.shape[1] != program.in_channels:
-        what = "latent" if family.role == "decoder" else "image"
-        raise ValueError(
-            f"the {what} has {x.shape[1]} channels but this VAE's {family.role} takes "
-            f"{program.in_channels}: connect the VAE that matches the model that made it "
-            "(4 channels: SD1.x/SDXL; 16: Flux/SD3)"
-        )
-    if program.in_level == 0 and min(x.shape[-2:]) < program.align:
-        raise ValueError(
-            f"the image is {x.shape[-1]}x{x.shape[-2]} px; this VAE needs at least {program.align} px on each side"
-        )
-    if not torch.isfinite(x).all():
-        raise ValueError(f"the {family.role} input contains NaN or infinite values; check the node that made it")
-
-
 def plan_tiles(
     module: torch.nn.Module,
     x: torch.Tensor,
@@ -261,9 +241,9 @@ def plan_tiles(
         program = family.build(module)
     except Unsupported as e:
         raise ValueError(f"{family.name} cannot be tiled: {e}") from e
-    _validate(x, program, family)
+    check_input(x, program, family, **_CHECKS)
     handler = TiledForward(config, free_memory=free_memory)
-    full = _full_size(program, x)
+    full = full_size(program, x)
     return handler.plan(program, x, full, handler.tile_size(program, x)), full
 
 
