@@ -6,29 +6,59 @@ import math
 
 import torch
 
-from .program import Program
+from .groupnorm import CHUNKS
+from .program import AttentionStep, Program, WindowStep
 
 DEFAULT_CPU_TILE = 1024
 """Tile side (full-resolution px) when no device memory figure is available (CPU runs)."""
 
-WORKSPACE_FACTOR = 2.0
-"""Allowance for convolution workspaces and allocator slack on top of the counted tensors."""
+WORKSPACE_FACTOR = 1.5
+"""Allowance for convolution workspaces and allocator slack on top of the counted tensors.
+
+ComfyUI's tiled decode of one 512 px SDXL-class tile holds 386 MiB of tensors (counted with
+``benchmarks/tensor_memory.py``) and peaked at 0.53 GiB on an H100 (../shared/bench): a ratio of 1.4.
+"""
+
+
+def step_bytes(step: WindowStep, size: int) -> float:
+    """Device bytes one tile of ``step`` holds at its peak, per pixel of the step's finer level.
+
+    With ``s`` the dtype size, a tile holds at most one of: the input window and its normalised
+    copy, plus the float32 slices of the norm (``2 c_in s + c_in (s + 4) / CHUNKS``); the
+    normalised input and the module's output (for an upsampling step its coarse input, the
+    upsampled copy and the output; for a downsampling one the window, its padded copy and the
+    output); the output and the residual window (plus the shortcut's output), plus the float32
+    slices of the statistics. No allowance for workspaces (see :data:`WORKSPACE_FACTOR`).
+    """
+    c_in, c_out = step.c_in, step.c_out
+    if step.geometry == "up":
+        middle = c_in * size / 4 + c_in * size + c_out * size
+    elif step.geometry == "down":
+        middle = 2 * c_in * size + c_out * size / 4
+    else:
+        middle = (c_in + c_out) * size
+    first = 2 * c_in * size + c_in * (size + 4) / CHUNKS if step.norm is not None else c_in * size
+    last = c_out * size + c_out * (size + 4) / CHUNKS
+    if step.residual is not None:
+        last += step.c_residual * size + (c_out * size if step.shortcut is not None else 0)
+    return max(first, middle, last)
+
+
+def attention_bytes(step: AttentionStep, size: int) -> float:
+    """Device bytes per query pixel of an attention band: its normalised input, query, attention
+    output, projection and residual, plus the float32 slices of the norm and the statistics."""
+    return step.channels * (5 * size + 2 * (size + 4) / CHUNKS)
 
 
 def bytes_per_pixel(program: Program, batch: int, dtype: torch.dtype) -> float:
-    """Device bytes one full-resolution tile pixel costs in the heaviest window step.
+    """Device bytes one full-resolution tile pixel costs in the heaviest window step, allowance included.
 
-    Per step at level ``k`` (``4**k`` full-res pixels per pixel there) a tile holds its input
-    window in ``dtype`` and as the fp32 normalised copy, the module's output twice (result and the
-    cropped copy) and the residual: ``(c_in * (s + 4) + c_out * 3 * s) / 4**k`` bytes, ``s`` the
-    dtype size, times the workspace allowance.
+    :func:`step_bytes` of each step divided by ``4**level`` (full-resolution pixels per pixel of
+    its finer level), the largest, times the batch and :data:`WORKSPACE_FACTOR`. Checked against
+    counted peaks in tests/tiled_vae/test_memory.py.
     """
     size = torch.finfo(dtype).bits // 8
-    worst = 0.0
-    for step in program.window_steps():
-        level = step.fine_level
-        per = (step.c_in * (size + 4) + step.c_out * 3 * size) / 4**level
-        worst = max(worst, per)
+    worst = max((step_bytes(s, size) / 4**s.fine_level for s in program.window_steps()), default=0.0)
     return worst * batch * WORKSPACE_FACTOR
 
 

@@ -3,7 +3,8 @@
 Full-size activations between steps live on a *store* device (the compute device when they fit,
 else the CPU); each tile of a window step copies its input window to the compute device, runs,
 and writes its core back. GroupNorm statistics of a register are pooled while its tiles are
-written (core pixels only, fp32) and used by the step that normalises it.
+written (core pixels only, fp32) and used by the step that normalises it. An attention step
+computes every key and value band by band onto the compute device, then its queries band by band.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .budget import attention_bytes, step_bytes
 from .geometry import Rect, level_sizes, rect_at_level
 from .groupnorm import GroupStats, group_norm_with_stats
-from .program import GlobalStep, Program, WindowStep
+from .program import AttentionStep, Program, Step, WindowStep
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)`` after every tile."""
@@ -82,7 +84,7 @@ def _norm_groups(program: Program, index: int) -> int | None:
     """Groups of the GroupNorm that will read what step ``index`` writes, if any."""
     dst = program.steps[index].dst
     for later in program.steps[index + 1 :]:
-        if isinstance(later, WindowStep) and later.src == dst and later.norm is not None:
+        if later.src == dst and later.norm is not None:
             return later.norm.num_groups
         if later.src == dst or later.dst == dst:
             return None
@@ -92,7 +94,9 @@ def _norm_groups(program: Program, index: int) -> int | None:
 class Engine:
     """Executes one program on one input for one plan (see module docstring)."""
 
-    def __init__(self, program: Program, plan: list[Rect], full_size: tuple[int, int], options: RunOptions):
+    def __init__(
+        self, program: Program, plan: list[Rect], full_size: tuple[int, int], options: RunOptions, dtype: torch.dtype
+    ):
         self.program = program
         self.plan = plan
         self.full = full_size
@@ -102,21 +106,23 @@ class Engine:
         self.owned: set[str] = set()
         self.stats: dict[str, GroupStats] = {}
         self.done = 0
-        level0 = [s for s in program.window_steps() if s.fine_level == 0] or program.window_steps()
-        widest = max((max(s.c_in, s.c_out) for s in level0), default=1)
-        self.tile_elements = max((r.area for r in plan), default=0) * widest
+        self.size = torch.finfo(dtype).bits // 8
+        worst = max((step_bytes(s, self.size) / 4**s.fine_level for s in program.window_steps()), default=1.0)
+        self.tile_bytes = max((r.area for r in plan), default=0) * worst  # the heaviest step on the largest tile
         self.total = sum(len(self._cores(s)) for s in program.window_steps())
+        self.total += sum(2 * len(self._bands(s)) for s in program.attention_steps())
 
     def _cores(self, step: WindowStep) -> list[Rect]:
         """The output cores of ``step``: the plan at its level, or the whole level when it fits in one tile.
 
-        Low-resolution levels of a large image often fit in the tile budget whole; running them as
-        one tile saves per-tile overhead and changes nothing else.
+        Low-resolution levels of a large image often fit in the tile budget whole (the step's own
+        working set for the whole level is no larger than the heaviest step's on the largest tile);
+        running them as one tile saves per-tile overhead and changes nothing else.
         """
         level = step.out_level
         h, w = self.sizes[level]
         fine_h, fine_w = self.sizes[step.fine_level]
-        if fine_h * fine_w * max(step.c_in, step.c_out) <= self.tile_elements:
+        if fine_h * fine_w * step_bytes(step, self.size) <= self.tile_bytes:
             return [Rect(0, h, 0, w)] if h * w > 0 else []
         cores = [rect_at_level(r, level, self.full, self.sizes) for r in self.plan]
         return [c for c in cores if c.area > 0]
@@ -126,8 +132,8 @@ class Engine:
         self.regs["x"] = x
         for i, step in enumerate(self.program.steps):
             groups = _norm_groups(self.program, i)
-            if isinstance(step, GlobalStep):
-                self._run_global(step, groups)
+            if isinstance(step, AttentionStep):
+                self._run_attention(step, groups)
             else:
                 self._run_window(step, groups)
             for name in _dead_after(self.program, i):
@@ -142,23 +148,14 @@ class Engine:
         self.stats.pop(name, None)
         self.owned.add(name)
 
-    def _run_global(self, step: GlobalStep, groups: int | None) -> None:
-        out = step.fn(self.regs[step.src].to(self.opt.device))
-        self._write(step.dst, out)
-        if groups is not None:
-            stats = GroupStats(groups)
-            stats.add(out)
-            self.stats[step.dst] = stats
-        self._interrupt()
-
-    def _input_stats(self, step: WindowStep, norm: torch.nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    def _input_stats(self, step: Step, norm: torch.nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled statistics of the step's input: kept from its producer, else gathered tile by tile."""
         stats = self.stats.get(step.src)
         if stats is None or stats.num_groups != norm.num_groups:
             stats = GroupStats(norm.num_groups)
             src = self.regs[step.src]
             h, w = src.shape[-2:]
-            rows = max(1, self.tile_elements // max(1, w * src.shape[1]))
+            rows = max(1, int(self.tile_bytes // max(1, 2 * w * src.shape[1] * self.size)))
             for y in range(0, h, rows):
                 stats.add(src[..., y : y + rows, :].to(self.opt.device))
             self.stats[step.src] = stats
@@ -183,22 +180,19 @@ class Engine:
             window = input_window(step, core, in_size)
             t = src[(..., *window.slices())].to(self.opt.device)
             if mean_rstd is not None:
-                t = group_norm_with_stats(t, step.norm, *mean_rstd)
-            for op in step.pre:
-                t = op(t)
+                t = group_norm_with_stats(t, step.norm, *mean_rstd, then=step.pre)
+            else:
+                for op in step.pre:
+                    t = op(t)
             y = step.module(t)
             del t
             y = y[(..., *core.relative_to(output_extent(step, window, y)).slices())]
             if res is not None:
-                y = self._residual(step, res, core) + y
+                y = y.add_(self._residual(step, res, core))  # the module's own output: no copy needed
             if step.out_scale != 1.0:
-                y = y / step.out_scale
+                y = y.div_(step.out_scale)
             if dst is None:
-                out_h, out_w = self.sizes[step.out_level]
-                pin = self.opt.store.type == "cpu" and self.opt.device.type == "cuda"  # faster copies back
-                dst = torch.empty(
-                    (y.shape[0], y.shape[1], out_h, out_w), dtype=y.dtype, device=self.opt.store, pin_memory=pin
-                )
+                dst = self._store_tensor((y.shape[0], y.shape[1], *self.sizes[step.out_level]), y.dtype)
             dst[(..., *core.slices())] = y.to(self.opt.store)
             if out_stats is not None:
                 out_stats.add(y)
@@ -207,6 +201,68 @@ class Engine:
         self._write(step.dst, dst)
         if out_stats is not None:
             self.stats[step.dst] = out_stats
+
+    def _bands(self, step: AttentionStep) -> list[tuple[int, int]]:
+        """Row bands of the attention's level, each given a quarter of a tile's bytes (at least one row).
+
+        The keys and values stay on the device while the bands run, so a band gets less room than
+        a tile: the step then peaks no higher than a window step while the keys and values take
+        less than three quarters of a tile's bytes.
+        """
+        h, w = self.sizes[step.level]
+        rows = max(1, int(self.tile_bytes // 4 // max(1.0, w * attention_bytes(step, self.size))))
+        return [(y, min(h, y + rows)) for y in range(0, h, rows)]
+
+    def _run_attention(self, step: AttentionStep, groups: int | None) -> None:
+        src = self.regs[step.src]
+        b, _, h, w = src.shape
+        mean, rstd = self._input_stats(step, step.norm)
+        bands = self._bands(step)
+
+        def normed(y0: int, y1: int) -> torch.Tensor:
+            return group_norm_with_stats(src[..., y0:y1, :].to(self.opt.device), step.norm, mean, rstd)
+
+        def tokens(t: torch.Tensor) -> torch.Tensor:  # (B, C, rows, W) -> (B, heads, rows * W, C / heads)
+            return t.reshape(b, step.heads, step.channels // step.heads, -1).transpose(-1, -2)
+
+        keys = values = None
+        for y0, y1 in bands:
+            n = normed(y0, y1)
+            k, v = tokens(step.k(n)), tokens(step.v(n))
+            del n
+            if keys is None:
+                keys = torch.empty((*k.shape[:2], h * w, k.shape[-1]), dtype=k.dtype, device=k.device)
+                values = torch.empty((*v.shape[:2], h * w, v.shape[-1]), dtype=v.dtype, device=v.device)
+            keys[:, :, y0 * w : y1 * w] = k
+            values[:, :, y0 * w : y1 * w] = v
+            del k, v
+            self._tick()
+        out_stats = GroupStats(groups) if groups is not None else None
+        dst = None
+        for y0, y1 in bands:
+            q = tokens(step.q(normed(y0, y1)))
+            o = torch.nn.functional.scaled_dot_product_attention(q, keys, values, scale=step.scale)
+            del q
+            y = step.proj(o.transpose(-1, -2).reshape(b, step.channels, y1 - y0, w))
+            del o
+            y = src[..., y0:y1, :].to(self.opt.device) + y
+            if step.out_scale != 1.0:
+                y = y / step.out_scale
+            if dst is None:
+                dst = self._store_tensor((b, y.shape[1], h, w), y.dtype)
+            dst[..., y0:y1, :] = y.to(self.opt.store)
+            if out_stats is not None:
+                out_stats.add(y)
+            del y
+            self._tick()
+        self._write(step.dst, dst)
+        if out_stats is not None:
+            self.stats[step.dst] = out_stats
+
+    def _store_tensor(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised full-size register on the store (pinned when it backs a GPU, for faster copies)."""
+        pin = self.opt.store.type == "cpu" and self.opt.device.type == "cuda"
+        return torch.empty(shape, dtype=dtype, device=self.opt.store, pin_memory=pin)
 
     def halo_overhead(self) -> float:
         """Extra input the tiles read (and recompute) over an untiled run, as a fraction.

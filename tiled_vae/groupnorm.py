@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
+
+CHUNKS = 8
+"""Float32 work on a tile is done in this many channel slices, so its transient copies stay an
+eighth of the tile (a bf16 tile would otherwise get a float32 twin twice its size)."""
 
 
 class GroupStats:
@@ -23,11 +29,18 @@ class GroupStats:
     def add(self, x: torch.Tensor) -> None:
         """Add a tile's core ``x`` of shape (B, C, h, w)."""
         b, c = x.shape[:2]
-        n = (c // self.num_groups) * x.shape[-2] * x.shape[-1]
+        per_group = c // self.num_groups
+        n = per_group * x.shape[-2] * x.shape[-1]
         if n == 0:
             return
-        g = x.reshape(b, self.num_groups, -1).float()
-        var, mean = torch.var_mean(g, dim=-1, correction=0)
+        parts = []
+        step = max(1, self.num_groups // CHUNKS)
+        for g0 in range(0, self.num_groups, step):
+            g1 = min(self.num_groups, g0 + step)
+            part = x[:, g0 * per_group : g1 * per_group].reshape(b, g1 - g0, -1).float()
+            parts.append(torch.var_mean(part, dim=-1, correction=0))
+            del part
+        var, mean = torch.cat([v for v, _ in parts], dim=1), torch.cat([m for _, m in parts], dim=1)
         m2 = var * n
         if self.mean is None:
             self.count, self.mean, self.m2 = n, mean, m2
@@ -53,14 +66,21 @@ class GroupStats:
 
 
 def group_norm_with_stats(
-    x: torch.Tensor, norm: torch.nn.GroupNorm, mean: torch.Tensor, rstd: torch.Tensor
+    x: torch.Tensor,
+    norm: torch.nn.GroupNorm,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    then: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
 ) -> torch.Tensor:
-    """Apply ``norm`` (its groups, weight and bias) to ``x`` using given (B, G) statistics.
+    """Apply ``norm`` (its groups, weight and bias) to ``x`` using given (B, G) statistics, then ``then``.
 
     The statistics and the affine parameters fold into one fp32 scale and shift per (sample,
-    channel), applied in a single fused multiply-add in fp32 and returned in ``x``'s dtype, as the
-    untiled GroupNorm kernels compute. The affine parameters are read from the module and moved to
-    ``x``'s device, which also covers weights that live elsewhere until cast (ComfyUI's low-VRAM mode).
+    channel), applied in a single fused multiply-add in fp32 and rounded once to ``x``'s dtype, as
+    the untiled GroupNorm kernels compute. The affine parameters are read from the module and moved
+    to ``x``'s device, which also covers weights that live elsewhere until cast (ComfyUI's low-VRAM
+    mode). ``then`` holds elementwise functions (the activation after the norm); the work runs in
+    :data:`CHUNKS` channel slices written into one output, so it needs an eighth of ``x`` in
+    temporaries, not a float32 copy of it.
     """
     b, c = x.shape[:2]
     per_group = c // norm.num_groups
@@ -72,4 +92,15 @@ def group_norm_with_stats(
     if norm.bias is not None:
         shift = shift + norm.bias.to(x.device, torch.float32)
     view = (b, c) + (1,) * (x.ndim - 2)
-    return torch.addcmul(shift.view(view), x, scale.view(view)).to(x.dtype)
+    scale, shift = scale.view(view), shift.view(view)
+    out = None
+    step = max(1, c // CHUNKS)
+    for c0 in range(0, c, step):
+        part = torch.addcmul(shift[:, c0 : c0 + step], x[:, c0 : c0 + step], scale[:, c0 : c0 + step]).to(x.dtype)
+        for fn in then:
+            part = fn(part)
+        if out is None:
+            out = torch.empty((b, c, *x.shape[2:]), dtype=part.dtype, device=part.device)
+        out[:, c0 : c0 + step] = part
+        del part
+    return out

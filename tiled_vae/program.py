@@ -1,11 +1,12 @@
 """A VAE encoder/decoder written as a flat list of steps the tile engine can run.
 
 Family adapters (``families/``) translate a module tree into a :class:`Program`. Steps read and
-write named full-size activations ("registers"): a :class:`GlobalStep` runs on the whole tensor
-(the low-resolution head or tail with the mid-block attention, cheap at latent size), a
-:class:`WindowStep` runs tile by tile, each tile reading its core plus the few pixels of context
-its convolution needs from the stored input. Every GroupNorm sits at the start of a window step and
-uses statistics pooled over the whole input, so the tiled result equals the untiled one.
+write named full-size activations ("registers"): a :class:`WindowStep` runs tile by tile, each
+tile reading its core plus the few pixels of context its convolution needs from the stored input;
+an :class:`AttentionStep` (the mid-block self-attention, at latent size) keeps every key and value
+on the compute device and runs its queries band by band. Every GroupNorm sits at the start of a
+step and uses statistics pooled over the whole input, so the tiled result equals the untiled one,
+and nothing holds a full-size activation on the compute device except the attention's keys and values.
 """
 
 from __future__ import annotations
@@ -21,16 +22,6 @@ LEVEL_CHANGE = {"same": 0, "up": -1, "down": 1}
 
 
 @dataclass
-class GlobalStep:
-    """``dst = fn(src)`` on the whole tensor, on the compute device."""
-
-    name: str
-    fn: Callable[[torch.Tensor], torch.Tensor]
-    src: str = "x"
-    dst: str = "x"
-
-
-@dataclass
 class WindowStep:
     """``dst = [residual +] module(pre(norm(src)))`` computed tile by tile at pyramid ``level``.
 
@@ -38,7 +29,9 @@ class WindowStep:
     ``reach`` pixels of context each side), ``up`` (2x nearest upsample then a conv of ``reach``
     at the output resolution) or ``down`` (zero pad right/bottom by one, then a stride-2 conv with
     kernel ``2 * reach + 1``). ``residual`` names a register added at the tile's core after
-    ``shortcut`` (a conv of ``shortcut_reach``); the sum is divided by ``out_scale``.
+    ``shortcut`` (a conv of ``shortcut_reach``; ``c_residual`` is that register's channel count); the
+    sum is divided by ``out_scale``. ``pre`` holds
+    elementwise functions only (activation, dropout): they run slice by slice with the norm.
     """
 
     name: str
@@ -53,6 +46,7 @@ class WindowStep:
     residual: str | None = None
     shortcut: Callable[[torch.Tensor], torch.Tensor] | None = None
     shortcut_reach: int = 0
+    c_residual: int = 0
     out_scale: float = 1.0
     src: str = "x"
     dst: str = "x"
@@ -67,7 +61,34 @@ class WindowStep:
         return min(self.level, self.out_level)
 
 
-Step = GlobalStep | WindowStep
+PixelMap = Callable[[torch.Tensor], torch.Tensor]
+"""A per-pixel projection (1x1 convolution or linear layer) of a ``(B, C, h, w)`` map."""
+
+
+@dataclass
+class AttentionStep:
+    """``dst = (src + proj(attention(q(n), k(n), v(n)))) / out_scale`` with ``n = norm(src)``, at ``level``.
+
+    Single-image self-attention over every pixel of the level, split into ``heads`` heads of
+    ``channels // heads`` channels, softmax scale ``scale``: the VAE mid-block attention.
+    """
+
+    name: str
+    level: int
+    norm: torch.nn.GroupNorm
+    q: PixelMap
+    k: PixelMap
+    v: PixelMap
+    proj: PixelMap
+    channels: int
+    heads: int
+    scale: float
+    out_scale: float = 1.0
+    src: str = "x"
+    dst: str = "x"
+
+
+Step = WindowStep | AttentionStep
 
 
 @dataclass
@@ -94,3 +115,6 @@ class Program:
 
     def window_steps(self) -> list[WindowStep]:
         return [s for s in self.steps if isinstance(s, WindowStep)]
+
+    def attention_steps(self) -> list[AttentionStep]:
+        return [s for s in self.steps if isinstance(s, AttentionStep)]

@@ -170,7 +170,7 @@ class TiledForward:
                 self.config.planner,
                 store,
             )
-            engine = Engine(program, plan, full, options)
+            engine = Engine(program, plan, full, options, x.dtype)
             try:
                 with torch.no_grad():  # never keep an autograd graph across tiles
                     out = engine.run(x)

@@ -12,8 +12,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..program import GlobalStep, Program, Step
-from .common import Unsupported, conv_step, has_conv2d_in, has_path, resample_step, resnet_steps, silu
+from ..program import AttentionStep, Program, Step
+from .common import (
+    Unsupported,
+    conv_step,
+    group_norm,
+    has_conv2d_in,
+    has_path,
+    pointwise,
+    resample_step,
+    resnet_steps,
+    silu,
+)
 
 _COMMON = ("conv_in", "mid.block_1", "mid.attn_1", "mid.block_2", "norm_out", "conv_out", "num_resolutions")
 
@@ -48,6 +58,32 @@ def _resnet(block: nn.Module, level: int, name: str) -> list[Step]:
     )
 
 
+def _attention(attn: nn.Module, level: int, name: str) -> AttentionStep:
+    """``AttnBlock``: ``x + proj_out(attention(q(h), k(h), v(h)))``, ``h = norm(x)``, one head over all channels."""
+    c = attn.in_channels
+    return AttentionStep(
+        name=name,
+        level=level,
+        norm=group_norm(attn.norm, f"{name}.norm"),
+        q=pointwise(attn.q, c, f"{name}.q"),
+        k=pointwise(attn.k, c, f"{name}.k"),
+        v=pointwise(attn.v, c, f"{name}.v"),
+        proj=pointwise(attn.proj_out, c, f"{name}.proj_out"),
+        channels=c,
+        heads=1,
+        scale=c**-0.5,
+    )
+
+
+def _mid(mid: nn.Module, level: int) -> list[Step]:
+    """``mid.block_1``, ``mid.attn_1``, ``mid.block_2`` at the latent level."""
+    return [
+        *_resnet(mid.block_1, level, "mid.block_1"),
+        _attention(mid.attn_1, level, "mid.attn_1"),
+        *_resnet(mid.block_2, level, "mid.block_2"),
+    ]
+
+
 def _no_level_attention(levels: nn.ModuleList, kind: str) -> None:
     for i, lvl in enumerate(levels):
         if len(lvl.attn) > 0:
@@ -55,19 +91,12 @@ def _no_level_attention(levels: nn.ModuleList, kind: str) -> None:
 
 
 def build_decoder(dec: nn.Module) -> Program:
-    """Decoder as: global head (``conv_in`` + mid block at latent size), tiled up path and output."""
+    """Decoder as steps: ``conv_in`` and the mid block at latent size, the up path, the output conv."""
     if dec.give_pre_end:
         raise Unsupported("give_pre_end=True returns before norm_out")
     _no_level_attention(dec.up, "up")
-
-    def head(z: torch.Tensor) -> torch.Tensor:
-        h = dec.conv_in(z)
-        h = dec.mid.block_1(h, None)
-        h = dec.mid.attn_1(h)
-        return dec.mid.block_2(h, None)
-
     levels = dec.num_resolutions - 1
-    steps: list[Step] = [GlobalStep("conv_in+mid", head)]
+    steps: list[Step] = [conv_step(levels, "conv_in", dec.conv_in), *_mid(dec.mid, levels)]
     for i in reversed(range(dec.num_resolutions)):
         for j, block in enumerate(dec.up[i].block):
             steps += _resnet(block, i, f"up.{i}.block.{j}")
@@ -88,7 +117,7 @@ def build_decoder(dec: nn.Module) -> Program:
 
 
 def build_encoder(enc: nn.Module) -> Program:
-    """Encoder as: tiled ``conv_in`` and down path, then a global tail (mid block and output)."""
+    """Encoder as steps: ``conv_in`` and the down path, then the mid block and output conv at latent size."""
     _no_level_attention(enc.down, "down")
     levels = enc.num_resolutions - 1
     steps: list[Step] = [conv_step(0, "conv_in", enc.conv_in)]
@@ -100,12 +129,6 @@ def build_encoder(enc: nn.Module) -> Program:
             if not down.with_conv:
                 raise Unsupported(f"down.{i}.downsample averages instead of convolving")
             steps.append(resample_step(i, f"down.{i}.downsample", down, down.conv, up=False))
-
-    def tail(h: torch.Tensor) -> torch.Tensor:
-        h = enc.mid.block_1(h, None)
-        h = enc.mid.attn_1(h)
-        h = enc.mid.block_2(h, None)
-        return enc.conv_out(silu(enc.norm_out(h)))
-
-    steps.append(GlobalStep("mid+norm_out+conv_out", tail))
+    steps += _mid(enc.mid, levels)
+    steps.append(conv_step(levels, "norm_out+conv_out", enc.conv_out, enc.norm_out, silu))
     return Program(steps=steps, levels=levels, in_level=0, out_level=levels, in_channels=enc.conv_in.in_channels)

@@ -55,6 +55,25 @@ def down_reach(conv: nn.Module, where: str) -> int:
     return 1
 
 
+def pointwise(layer: nn.Module, channels: int, where: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A ``channels -> channels`` 1x1 convolution or linear layer as a map of ``(B, C, h, w)`` tensors.
+
+    The layer module itself is called (a linear one on channels-last pixels, as the untiled
+    attention calls it on tokens), so host-side weight casting in its forward still applies.
+    """
+    if isinstance(layer, nn.Conv2d):
+        if _pair(layer.kernel_size) != (1, 1) or _pair(layer.stride) != (1, 1) or _pair(layer.padding) != (0, 0):
+            raise Unsupported(f"{where} is not a 1x1 convolution")
+        if layer.groups != 1 or (layer.in_channels, layer.out_channels) != (channels, channels):
+            raise Unsupported(f"{where} does not map {channels} channels to {channels}")
+        return layer
+    if isinstance(layer, nn.Linear):
+        if (layer.in_features, layer.out_features) != (channels, channels):
+            raise Unsupported(f"{where} does not map {channels} channels to {channels}")
+        return lambda t: layer(t.movedim(1, -1)).movedim(-1, 1)
+    raise Unsupported(f"{where} is {type(layer).__name__}, not a 1x1 convolution or linear layer")
+
+
 def group_norm(norm: nn.Module, where: str) -> nn.GroupNorm:
     """The module itself, checked to be a GroupNorm the engine can apply with pooled statistics."""
     if not isinstance(norm, nn.GroupNorm):
@@ -100,6 +119,7 @@ def resnet_steps(
         norm=group_norm(norm2, f"{name}.norm2"),
         pre=(act, dropout),
         residual="x",
+        c_residual=conv1.in_channels,
         shortcut=shortcut,
         shortcut_reach=same_reach(shortcut, f"{name} shortcut") if shortcut is not None else 0,
         out_scale=out_scale,

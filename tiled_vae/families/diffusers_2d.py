@@ -7,11 +7,10 @@ Layout: ``conv_in``; ``down_blocks[i].resnets`` / ``.downsamplers`` (encoder) or
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from ..program import GlobalStep, Program, Step
-from .common import Unsupported, conv_step, has_conv2d_in, has_path, resample_step, resnet_steps
+from ..program import AttentionStep, Program, Step
+from .common import Unsupported, conv_step, group_norm, has_conv2d_in, has_path, pointwise, resample_step, resnet_steps
 
 _COMMON = ("conv_in", "mid_block", "conv_norm_out", "conv_act", "conv_out")
 
@@ -29,8 +28,12 @@ def is_encoder(module: nn.Module) -> bool:
 def _resnets(block: nn.Module, level: int, name: str) -> list[Step]:
     if getattr(block, "attentions", None):
         raise Unsupported(f"{name} has attention at a tiled resolution")
+    return _resnets_of(block.resnets, level, name)
+
+
+def _resnets_of(resnets: list[nn.Module], level: int, name: str, first: int = 0) -> list[Step]:
     steps: list[Step] = []
-    for j, r in enumerate(block.resnets):
+    for j, r in enumerate(resnets, start=first):
         if getattr(r, "upsample", None) is not None or getattr(r, "downsample", None) is not None:
             raise Unsupported(f"{name}.resnets.{j} resamples inside the block")
         if getattr(r, "time_emb_proj", None) is not None:
@@ -47,6 +50,45 @@ def _resnets(block: nn.Module, level: int, name: str) -> list[Step]:
             r.conv_shortcut,
             float(r.output_scale_factor),
         )
+    return steps
+
+
+def _attention(attn: nn.Module, level: int, name: str) -> AttentionStep:
+    """``Attention`` as the VAE mid block builds it: group norm, self-attention, residual, rescale."""
+    for flag, what in (("spatial_norm", "a spatial norm"), ("norm_q", "a query norm"), ("norm_k", "a key norm")):
+        if getattr(attn, flag, None) is not None:
+            raise Unsupported(f"{name} has {what}")
+    if attn.is_cross_attention or not attn.residual_connection:
+        raise Unsupported(f"{name} is not residual self-attention")
+    c = attn.to_q.in_features
+    if attn.group_norm is None or c % attn.heads:
+        raise Unsupported(f"{name} has no group norm or splits {c} channels unevenly over {attn.heads} heads")
+    if abs(attn.scale * (c // attn.heads) ** 0.5 - 1.0) > 1e-6:
+        raise Unsupported(f"{name} scales attention by {attn.scale}, not 1/sqrt(head size)")
+    dropout = attn.to_out[1]
+    proj = pointwise(attn.to_out[0], c, f"{name}.to_out.0")
+    return AttentionStep(
+        name=name,
+        level=level,
+        norm=group_norm(attn.group_norm, f"{name}.group_norm"),
+        q=pointwise(attn.to_q, c, f"{name}.to_q"),
+        k=pointwise(attn.to_k, c, f"{name}.to_k"),
+        v=pointwise(attn.to_v, c, f"{name}.to_v"),
+        proj=lambda t: dropout(proj(t)),
+        channels=c,
+        heads=attn.heads,
+        scale=attn.scale,
+        out_scale=float(attn.rescale_output_factor),
+    )
+
+
+def _mid(mid: nn.Module, level: int) -> list[Step]:
+    """``mid_block``: resnets with an attention (or none) between each pair, at the latent level."""
+    steps: list[Step] = []
+    for j, r in enumerate(mid.resnets):
+        if j > 0 and mid.attentions[j - 1] is not None:
+            steps.append(_attention(mid.attentions[j - 1], level, f"mid_block.attentions.{j - 1}"))
+        steps += _resnets_of([r], level, "mid_block", j)
     return steps
 
 
@@ -68,13 +110,9 @@ def _resampler(block: nn.Module, name: str, up: bool) -> nn.Module | None:
 
 
 def build_decoder(dec: nn.Module) -> Program:
-    """Decoder as: global head (``conv_in`` + ``mid_block``), tiled up blocks and output."""
+    """Decoder as steps: ``conv_in`` and ``mid_block`` at latent size, the up blocks, the output conv."""
     levels = sum(1 for b in dec.up_blocks if b.upsamplers)
-
-    def head(z: torch.Tensor) -> torch.Tensor:
-        return dec.mid_block(dec.conv_in(z), None)
-
-    steps: list[Step] = [GlobalStep("conv_in+mid_block", head)]
+    steps: list[Step] = [conv_step(levels, "conv_in", dec.conv_in), *_mid(dec.mid_block, levels)]
     level = levels
     for i, block in enumerate(dec.up_blocks):
         steps += _resnets(block, level, f"up_blocks.{i}")
@@ -87,7 +125,7 @@ def build_decoder(dec: nn.Module) -> Program:
 
 
 def build_encoder(enc: nn.Module) -> Program:
-    """Encoder as: tiled ``conv_in`` and down blocks, then a global tail (mid block and output)."""
+    """Encoder as steps: ``conv_in`` and the down blocks, then ``mid_block`` and the output conv at latent size."""
     levels = sum(1 for b in enc.down_blocks if b.downsamplers)
     steps: list[Step] = [conv_step(0, "conv_in", enc.conv_in)]
     level = 0
@@ -97,9 +135,6 @@ def build_encoder(enc: nn.Module) -> Program:
         if down is not None:
             steps.append(resample_step(level, f"down_blocks.{i}.downsamplers.0", down, down.conv, up=False))
             level += 1
-
-    def tail(h: torch.Tensor) -> torch.Tensor:
-        return enc.conv_out(enc.conv_act(enc.conv_norm_out(enc.mid_block(h))))
-
-    steps.append(GlobalStep("mid_block+conv_norm_out+conv_out", tail))
+    steps += _mid(enc.mid_block, levels)
+    steps.append(conv_step(levels, "conv_norm_out+conv_out", enc.conv_out, enc.conv_norm_out, enc.conv_act))
     return Program(steps=steps, levels=levels, in_level=0, out_level=levels, in_channels=enc.conv_in.in_channels)

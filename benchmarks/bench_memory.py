@@ -1,0 +1,140 @@
+"""Device memory of tiled vs untiled VAE runs, counted tensor by tensor on the meta device (no GPU needed).
+
+    python -m benchmarks.bench_memory                       # every case below, bf16, a few minutes on a CPU
+    python -m benchmarks.bench_memory --cases sdxl:2048 wan:832x480x81
+
+Nothing is computed: ``TensorMemory`` (benchmarks/tensor_memory.py) counts the bytes of every
+tensor a run would hold on the GPU, which is ``torch.cuda.max_memory_allocated`` less convolution
+workspaces and allocator rounding. Models are full size with the real architectures: diffusers'
+``AutoencoderKL`` with the SD/SDXL layout, ``AutoencoderKLWan`` at Wan 2.1 size (Qwen-Image's VAE
+is the same network on one frame). Per case, one JSON line each for: the untiled run; ours at
+``--tile`` px with the activation store on the CPU; and one untiled run on a ``--tile`` px tile,
+which is what ComfyUI's ``VAEDecodeTiled``/``VAEEncodeTiled`` hold per tile at their defaults
+(512 px; 64 frames per temporal tile) before moving it off the GPU.
+
+A case is ``sdxl:SIDE`` (2D decode), ``qwen:SIDE`` / ``qwen-encode:SIDE`` (one frame) or
+``wan:WxHxF`` (video decode, F = 1 + 4k frames).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .common import emit, load_pack
+from .tensor_memory import TensorMemory
+
+DEFAULT_CASES = [
+    "sdxl:2048",
+    "sdxl:4096",
+    "qwen:1328",
+    "qwen:2048",
+    "qwen:3072",
+    "qwen-encode:2048",
+    "wan:832x480x81",
+    "wan:1280x720x81",
+]
+COMFY_TEMPORAL_LATENTS = 16
+"""Latent frames in one of ComfyUI's temporal tiles at the node default of 64 frames."""
+
+
+def _meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    with torch.device("meta"):
+        return build().to(torch.bfloat16).eval()
+
+
+def _sdxl() -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+
+    return _meta(
+        lambda: AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+        )
+    )
+
+
+def _wan() -> torch.nn.Module:
+    from diffusers import AutoencoderKLWan
+
+    return _meta(lambda: AutoencoderKLWan(base_dim=96, z_dim=16))
+
+
+def _case(case: str, tile: int) -> tuple[torch.nn.Module, Callable[[torch.Tensor], Any], torch.Tensor, torch.Tensor]:
+    """(hooked module, call, full input, one ComfyUI tile's input) for a case."""
+    kind, size = case.split(":")
+    bf16 = {"device": "meta", "dtype": torch.bfloat16}
+    lt = tile // 8
+    if kind == "sdxl":
+        vae, side = _sdxl(), int(size)
+        return vae.decoder, vae.decoder, torch.empty(1, 4, side // 8, side // 8, **bf16), torch.empty(1, 4, lt, lt, **bf16)
+    vae = _wan()
+    if kind == "qwen":
+        side = int(size)
+        z = torch.empty(1, 16, 1, side // 8, side // 8, **bf16)
+        return vae.decoder, lambda x: vae.decode(x).sample, z, torch.empty(1, 16, 1, lt, lt, **bf16)
+    if kind == "qwen-encode":
+        side = int(size)
+        x = torch.empty(1, 3, 1, side, side, **bf16)
+        return vae.encoder, lambda x: vae.encode(x).latent_dist.mode(), x, torch.empty(1, 3, 1, tile, tile, **bf16)
+    if kind == "wan":
+        w, h, f = (int(v) for v in size.split("x"))
+        z = torch.empty(1, 16, 1 + (f - 1) // 4, h // 8, w // 8, **bf16)
+        one = torch.empty(1, 16, min(z.shape[2], COMFY_TEMPORAL_LATENTS), min(lt, h // 8), min(lt, w // 8), **bf16)
+        return vae.decoder, lambda x: vae.decode(x).sample, z, one
+    raise SystemExit(f"unknown case {case!r}: sdxl:SIDE, qwen:SIDE, qwen-encode:SIDE or wan:WxHxF")
+
+
+def _count(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(peak GiB counted, seconds the count took)."""
+    t0 = time.perf_counter()
+    with torch.no_grad(), TensorMemory() as counted:
+        fn()
+    return counted.peak / 2**30, time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace) -> None:
+    tv = load_pack().tiled_vae
+    emit(torch=torch.__version__, dtype="bfloat16", counted_on="meta", tile=args.tile)
+    for case in args.cases:
+        module, call, x, one_tile = _case(case, args.tile)
+        if not args.skip_untiled:
+            peak, secs = _count(lambda: call(x))
+            emit(case=case, run="untiled", peak_gib=round(peak, 3), count_seconds=round(secs, 1))
+        cfg = tv.TilingConfig(tile_size=args.tile, planner="grid", mode="tiled", store="cpu")
+        holder: dict[str, Any] = {}
+
+        def ours(module=module, call=call, x=x, cfg=cfg, holder=holder) -> None:
+            with tv.tiled(module, cfg) as hook:
+                call(x)
+            holder["report"] = hook.handler.report
+
+        peak, secs = _count(ours)
+        emit(
+            case=case,
+            run=f"quadtree-tile {args.tile} px, CPU store",
+            peak_gib=round(peak, 3),
+            tiles=len(holder["report"].plan),
+            count_seconds=round(secs, 1),
+        )
+        peak, secs = _count(lambda: call(one_tile))
+        emit(case=case, run=f"one untiled {args.tile} px tile (ComfyUI tiled, per tile)", peak_gib=round(peak, 3))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", nargs="+", default=DEFAULT_CASES)
+    p.add_argument("--tile", type=int, default=512, help="tile side in px (ours and ComfyUI's)")
+    p.add_argument("--skip-untiled", action="store_true", help="leave out the untiled runs")
+    run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

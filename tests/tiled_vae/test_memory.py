@@ -1,0 +1,68 @@
+"""Device memory of a tiled decode, counted tensor by tensor on the meta device (no GPU, no compute).
+
+The model is the SDXL-class decoder at full size (diffusers ``AutoencoderKL``, 128-512 channels)
+in bf16; ``TensorMemory`` counts what a GPU allocator would hold (benchmarks/tensor_memory.py).
+ComfyUI's ``VAEDecodeTiled`` decodes each 512 px tile with the untiled decoder and moves it off the
+GPU, so one untiled decode of a 64x64 latent is what it holds per tile.
+"""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from quadtree_tile.benchmarks.tensor_memory import TensorMemory
+from quadtree_tile.tiled_vae import TilingConfig, tiled
+from quadtree_tile.tiled_vae.budget import bytes_per_pixel
+from quadtree_tile.tiled_vae.families import detect
+
+TILE = 512
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    with torch.device("meta"):
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+        )
+    return vae.decoder.to(torch.bfloat16).eval()
+
+
+def _peak(fn) -> int:
+    with torch.no_grad(), TensorMemory() as counted:
+        fn()
+    return counted.peak
+
+
+def _tiled_peak(dec, side: int) -> int:
+    z = torch.empty(1, 4, side // 8, side // 8, device="meta", dtype=torch.bfloat16)
+
+    def run():
+        with tiled(dec, TilingConfig(tile_size=TILE, planner="grid", mode="tiled", store="cpu")):
+            dec(z)
+
+    return _peak(run)
+
+
+@pytest.fixture(scope="module")
+def peaks(decoder):
+    return {side: _tiled_peak(decoder, side) for side in (1024, 2048)}
+
+
+def test_tiled_decode_holds_less_than_one_comfyui_tile(decoder, peaks):
+    one_tile = _peak(lambda: decoder(torch.empty(1, 4, TILE // 8, TILE // 8, device="meta", dtype=torch.bfloat16)))
+    assert peaks[2048] < 0.85 * one_tile
+
+
+def test_device_memory_does_not_grow_with_the_image(peaks):
+    """Full-size activations stay on the CPU store: 4x the pixels, the same device peak."""
+    assert peaks[2048] <= 1.02 * peaks[1024]
+
+
+def test_budget_model_covers_the_counted_peak_without_waste(decoder, peaks):
+    """The automatic tile size comes from this model: too low runs out of memory, too high wastes it."""
+    program = detect(decoder).build(decoder)
+    modelled = bytes_per_pixel(program, 1, torch.bfloat16) * TILE * TILE
+    assert peaks[2048] <= modelled <= 2 * peaks[2048]
