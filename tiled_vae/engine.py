@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .attention import keys_and_values
 from .budget import attention_bytes, step_bytes
 from .geometry import Rect, level_sizes, rect_at_level
 from .groupnorm import GroupStats, group_norm_with_stats
@@ -225,18 +226,11 @@ class Engine:
         def tokens(t: torch.Tensor) -> torch.Tensor:  # (B, C, rows, W) -> (B, heads, rows * W, C / heads)
             return t.reshape(b, step.heads, step.channels // step.heads, -1).transpose(-1, -2)
 
-        keys = values = None
-        for y0, y1 in bands:
+        def project(y0: int, y1: int) -> tuple[torch.Tensor, torch.Tensor]:
             n = normed(y0, y1)
-            k, v = tokens(step.k(n)), tokens(step.v(n))
-            del n
-            if keys is None:
-                keys = torch.empty((*k.shape[:2], h * w, k.shape[-1]), dtype=k.dtype, device=k.device)
-                values = torch.empty((*v.shape[:2], h * w, v.shape[-1]), dtype=v.dtype, device=v.device)
-            keys[:, :, y0 * w : y1 * w] = k
-            values[:, :, y0 * w : y1 * w] = v
-            del k, v
-            self._tick()
+            return tokens(step.k(n)), tokens(step.v(n))
+
+        keys, values = keys_and_values(bands, w, project, self._tick)
         out_stats = GroupStats(groups) if groups is not None else None
         dst = None
         for y0, y1 in bands:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from quadtree_tile.tiled_vae import TilingConfig, tiled
+from quadtree_tile.tiled_vae.families import wan_common
 from wan_models import LAYOUTS, decode_frames, encode_chunks
 
 TOL = 1e-4
@@ -40,4 +41,20 @@ def test_encode_matches_untiled(pair, frames):
             out = encode_chunks(pair.encoder, x)
     assert hook.handler.report.tiled and len(hook.handler.report.plan) > 1
     assert out.shape == ref.shape
+    assert (out - ref).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("role", ["decoder", "encoder"])
+def test_middle_attention_in_row_bands_matches_untiled(pair, role, monkeypatch):
+    """The middle attention keeps every key and value and runs its queries one latent row at a time."""
+    monkeypatch.setattr(wan_common, "BAND_TOKENS", 1)
+    module, run, x = (
+        (pair.decoder, decode_frames, torch.randn(1, pair.latent_channels, 2, 7, 9))
+        if role == "decoder"
+        else (pair.encoder, encode_chunks, torch.randn(1, pair.image_channels, 5, *IMAGE))
+    )
+    with torch.no_grad():
+        ref = run(module, x)
+        with tiled(module, TilingConfig(tile_size=16, mode="tiled")):
+            out = run(module, x)
     assert (out - ref).abs().max().item() <= TOL

@@ -14,19 +14,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..causal_program import CausalProgram, CausalStage, StageFn, cached_conv
+from ..causal_program import CausalProgram, CausalStage, StageFn
 from .common import Unsupported
 from .wan_common import (
     block_stage,
-    count_slots,
+    conv_stage,
     forward_params,
     group_stages,
     head_stage,
-    input_stage,
     is_causal_conv,
+    middle_stages,
     sequential,
 )
-from .wan_common import takes_cache as _takes_cache
 
 
 def _layout(module: nn.Module, path: str) -> bool:
@@ -67,13 +66,6 @@ def is_wan22_encoder(module: nn.Module) -> bool:
     return _layout(module, "downsamples") and _residual_blocks(module.downsamples)
 
 
-def _middle(middle: nn.Sequential, x: torch.Tensor, cache: list[Any] | None, idx: list[int]) -> torch.Tensor:
-    """The middle block as the host runs it: residual blocks with the cache, attention without."""
-    for layer in middle:
-        x = layer(x, cache, idx) if cache is not None and _takes_cache(layer) else layer(x)
-    return x
-
-
 def _block_call(block: nn.Module, with_first_chunk: bool) -> StageFn:
     def run(x: torch.Tensor, cache: list[Any] | None, idx: list[int], first_chunk: bool) -> torch.Tensor:
         if cache is None:
@@ -95,31 +87,16 @@ def _stages(name: str, block: nn.Module, level: int, first_chunk: bool) -> tuple
     return group_stages(name, level, parts, block.avg_shortcut, first_chunk_needs_cache=True)
 
 
-def _check_middle(middle: nn.Sequential) -> None:
-    if not any(hasattr(m, "to_qkv") for m in middle):
-        raise Unsupported("the middle block has no attention layer where one is expected")
+def _middle(middle: nn.Sequential, level: int) -> list[CausalStage]:
+    """``middle``: residual block, attention, residual block (cache passed positionally, as the host does)."""
+    return middle_stages("middle", [(str(j), m, _block_call(m, False)) for j, m in enumerate(middle)], level)
 
 
 def build_decoder(dec: nn.Module) -> CausalProgram:
-    """Decoder as: global ``conv1`` + middle (latent size, attention untiled), tiled upsamples and head."""
-    _check_middle(dec.middle)
+    """Decoder as stages: ``conv1`` and the middle at latent size, the upsamples, the head."""
     first_chunk = "first_chunk" in forward_params(dec)
-
-    def head(x: torch.Tensor, cache: list[Any] | None, idx: list[int], first: bool) -> torch.Tensor:
-        return _middle(dec.middle, cached_conv(dec.conv1, x, cache, idx), cache, idx)
-
     levels = sum(1 for m in dec.upsamples.modules() if getattr(m, "mode", "").startswith("upsample"))
-    stages = [
-        CausalStage(
-            "conv1+middle",
-            head,
-            level=levels,
-            slots=count_slots([dec.conv1, dec.middle]),
-            c_in=dec.conv1.in_channels,
-            c_out=dec.conv1.out_channels,
-            tiled=False,
-        )
-    ]
+    stages = [conv_stage("conv1", levels, dec.conv1), *_middle(dec.middle, levels)]
     level, time_factor = levels, 1
     for i, block in enumerate(dec.upsamples):
         new, factor = _stages(f"upsamples.{i}", block, level, first_chunk)
@@ -140,30 +117,15 @@ def build_decoder(dec: nn.Module) -> CausalProgram:
 
 
 def build_encoder(enc: nn.Module) -> CausalProgram:
-    """Encoder as: tiled ``conv1`` and downsamples, then a global middle + head at latent size."""
-    _check_middle(enc.middle)
-    stages = [input_stage("conv1", enc.conv1)]
+    """Encoder as stages: ``conv1`` and the downsamples, then the middle and the head at latent size."""
+    stages = [conv_stage("conv1", 0, enc.conv1)]
     level = 0
     for i, block in enumerate(enc.downsamples):
         new, _ = _stages(f"downsamples.{i}", block, level, False)
         stages += new
         level = new[-1].out_level
-    pre, conv = sequential(enc.head[:-1]), enc.head[-1]
-
-    def tail(x: torch.Tensor, cache: list[Any] | None, idx: list[int], first: bool) -> torch.Tensor:
-        return cached_conv(conv, pre(_middle(enc.middle, x, cache, idx)), cache, idx)
-
-    stages.append(
-        CausalStage(
-            "middle+head",
-            tail,
-            level=level,
-            slots=count_slots([enc.middle, conv]),
-            c_in=conv.in_channels,
-            c_out=conv.out_channels,
-            tiled=False,
-        )
-    )
+    stages += _middle(enc.middle, level)
+    stages.append(head_stage("head", level, sequential(enc.head[:-1]), enc.head[-1]))
     return CausalProgram(
         stages=stages,
         levels=level,

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attention import keys_and_values
 from ..causal_program import CausalStage, StageFn, cached_conv
 from ..program import Geometry
 from .common import Unsupported
@@ -124,11 +125,6 @@ def stage_shape(module: nn.Module, where: str) -> tuple[Geometry, int, int, int,
     return geometry, reach_in, reach_out, slots, time_factor
 
 
-def count_slots(modules: Iterable[nn.Module]) -> int:
-    """Time-cache entries the given modules use per call."""
-    return sum(1 for mod in modules for m in mod.modules() if uses_cache(m))
-
-
 def out_channels(module: nn.Module) -> int:
     """Channels the block outputs: those of its last convolution (the resample's when it has one)."""
     convs = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
@@ -185,9 +181,69 @@ def head_stage(name: str, level: int, pre: Callable[[torch.Tensor], torch.Tensor
     )
 
 
-def input_stage(name: str, conv: nn.Module) -> CausalStage:
-    """An encoder's first causal convolution as a tiled stage at full resolution."""
-    return head_stage(name, 0, lambda x: x, conv)
+def conv_stage(name: str, level: int, conv: nn.Module) -> CausalStage:
+    """A bare causal convolution (an encoder's first, a decoder's ``conv1``) as a tiled stage."""
+    return head_stage(name, level, lambda x: x, conv)
+
+
+BAND_TOKENS = 16384
+"""Query pixels per band of the middle attention: keys and values of the whole frame stay on the
+device, the queries run in bands of about this many pixels (a few MiB each)."""
+
+
+def attention_stage(name: str, attn: nn.Module, level: int) -> CausalStage:
+    """The middle block's per-frame self-attention (``norm``, ``to_qkv``, one head, ``proj``, residual)
+    as a whole-frame stage that holds keys and values for every pixel and runs queries in bands.
+
+    Untiled, it would hold the normalised frame, queries, keys, values, their contiguous copies and
+    the output at once; banded, the device holds keys and values plus one band. Exact up to float
+    rounding: the same per-pixel layers and the same fused attention over every key.
+    """
+    norm, qkv, proj = (getattr(attn, n, None) for n in ("norm", "to_qkv", "proj"))
+    if norm is None or not isinstance(qkv, nn.Conv2d) or not isinstance(proj, nn.Conv2d):
+        raise Unsupported(f"{name} is not a norm / to_qkv / proj attention block")
+    c = proj.in_channels
+    for conv, c_out, what in ((qkv, 3 * c, "to_qkv"), (proj, c, "proj")):
+        if _hw(conv.kernel_size) != (1, 1) or (conv.in_channels, conv.out_channels) != (c, c_out) or conv.groups != 1:
+            raise Unsupported(f"{name}.{what} is not a 1x1 convolution from {c} to {c_out} channels")
+
+    def run(x: torch.Tensor, cache: list[Any] | None, idx: list[int], first_chunk: bool) -> torch.Tensor:
+        b, _, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        rows = max(1, BAND_TOKENS // w)
+        bands = [(y, min(h, y + rows)) for y in range(0, h, rows)]
+
+        def qkv_of(y0: int, y1: int) -> torch.Tensor:  # (frames, 3, pixels, c)
+            return qkv(norm(frames[..., y0:y1, :])).reshape(b * t, 3, c, -1).transpose(-1, -2)
+
+        def project(y0: int, y1: int) -> tuple[torch.Tensor, torch.Tensor]:
+            part = qkv_of(y0, y1)
+            return part[:, 1:2], part[:, 2:3]
+
+        keys, values = keys_and_values(bands, w, project)
+        out = torch.empty_like(x)
+        for y0, y1 in bands:
+            q = qkv_of(y0, y1)[:, :1]
+            o = torch.nn.functional.scaled_dot_product_attention(q, keys, values)
+            del q
+            y = proj(o[:, 0].transpose(-1, -2).reshape(b * t, c, y1 - y0, w))
+            out[..., y0:y1, :] = x[..., y0:y1, :] + y.reshape(b, t, c, y1 - y0, w).transpose(1, 2)
+        return out
+
+    return CausalStage(name=name, fn=run, level=level, c_in=c, c_out=c, tiled=False)
+
+
+def middle_stages(prefix: str, layers: Iterable[tuple[str, nn.Module, StageFn]], level: int) -> list[CausalStage]:
+    """The middle block at the latent level: each residual block a tiled stage, the attention banded."""
+    stages = []
+    for name, layer, call in layers:
+        if _is_attention(layer):
+            stages.append(attention_stage(f"{prefix}.{name}", layer, level))
+        else:
+            stages.append(block_stage(f"{prefix}.{name}", layer, level, call)[0])
+    if not any(not s.tiled for s in stages):
+        raise Unsupported(f"{prefix} has no attention layer where one is expected")
+    return stages
 
 
 def sequential(modules: Iterable[nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -15,16 +15,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..causal_program import CausalProgram, CausalStage, StageFn, cached_conv
+from ..causal_program import CausalProgram, CausalStage, StageFn
 from .common import Unsupported
 from .wan_common import (
     block_stage,
-    count_slots,
+    conv_stage,
     forward_params,
     group_stages,
     head_stage,
-    input_stage,
     is_causal_conv,
+    middle_stages,
 )
 
 _COMMON = ("mid_block", "norm_out", "nonlinearity", "conv_out")
@@ -47,11 +47,6 @@ def is_decoder(module: nn.Module) -> bool:
 def is_encoder(module: nn.Module) -> bool:
     """diffusers ``WanEncoder3d`` / ``QwenImageEncoder3d``: ``conv_in``, ``down_blocks``, ``mid_block``, head."""
     return _layout(module, "down_blocks")
-
-
-def _check_mid(mid: nn.Module) -> None:
-    if not hasattr(mid, "resnets") or not hasattr(mid, "attentions"):
-        raise Unsupported("mid_block has no resnets/attentions")
 
 
 def _plain_call(block: nn.Module) -> StageFn:
@@ -81,6 +76,18 @@ def _parts(block: nn.Module, name: str) -> list[tuple[str, nn.Module, StageFn]]:
     return parts
 
 
+def _mid(mid: nn.Module, level: int) -> list[CausalStage]:
+    """``mid_block``: its resnets with the attentions between them, in the order its forward runs them."""
+    if not hasattr(mid, "resnets") or not hasattr(mid, "attentions"):
+        raise Unsupported("mid_block has no resnets/attentions")
+    layers = [("resnets.0", mid.resnets[0], _plain_call(mid.resnets[0]))]
+    for j, (attn, resnet) in enumerate(zip(mid.attentions, mid.resnets[1:], strict=True)):
+        if attn is not None:
+            layers.append((f"attentions.{j}", attn, _plain_call(attn)))
+        layers.append((f"resnets.{j + 1}", resnet, _plain_call(resnet)))
+    return middle_stages("mid_block", layers, level)
+
+
 def _block_stages(block: nn.Module, name: str, level: int) -> tuple[list[CausalStage], int]:
     """A block as stages: a Wan 2.2 group (``avg_shortcut``) or an up block splits into its parts;
     any other block (a resnet, a resampler) is one stage."""
@@ -93,24 +100,9 @@ def _block_stages(block: nn.Module, name: str, level: int) -> tuple[list[CausalS
 
 
 def build_decoder(dec: nn.Module) -> CausalProgram:
-    """Decoder as: global ``conv_in`` + ``mid_block`` at latent size, tiled up blocks and head."""
-    _check_mid(dec.mid_block)
+    """Decoder as stages: ``conv_in`` and ``mid_block`` at latent size, the up blocks, the head."""
     levels = sum(1 for m in dec.up_blocks.modules() if getattr(m, "mode", "").startswith("upsample"))
-
-    def head(x: torch.Tensor, cache: list[Any] | None, idx: list[int], first: bool) -> torch.Tensor:
-        return dec.mid_block(cached_conv(dec.conv_in, x, cache, idx), cache, idx)
-
-    stages = [
-        CausalStage(
-            "conv_in+mid_block",
-            head,
-            level=levels,
-            slots=count_slots([dec.conv_in, dec.mid_block]),
-            c_in=dec.conv_in.in_channels,
-            c_out=dec.conv_in.out_channels,
-            tiled=False,
-        )
-    ]
+    stages = [conv_stage("conv_in", levels, dec.conv_in), *_mid(dec.mid_block, levels)]
     level, time_factor = levels, 1
     for i, block in enumerate(dec.up_blocks):
         new, factor = _block_stages(block, f"up_blocks.{i}", level)
@@ -135,30 +127,15 @@ def _out_stage(module: nn.Module, level: int) -> CausalStage:
 
 
 def build_encoder(enc: nn.Module) -> CausalProgram:
-    """Encoder as: tiled ``conv_in`` and down blocks, then a global ``mid_block`` + head at latent size."""
-    _check_mid(enc.mid_block)
-    stages = [input_stage("conv_in", enc.conv_in)]
+    """Encoder as stages: ``conv_in`` and the down blocks, then ``mid_block`` and the head at latent size."""
+    stages = [conv_stage("conv_in", 0, enc.conv_in)]
     level = 0
     for i, block in enumerate(enc.down_blocks):
         new, _ = _block_stages(block, f"down_blocks.{i}", level)
         stages += new
         level = new[-1].out_level
-    out = _out_stage(enc, level)
-
-    def tail(x: torch.Tensor, cache: list[Any] | None, idx: list[int], first: bool) -> torch.Tensor:
-        return out.fn(enc.mid_block(x, cache, idx), cache, idx, first)
-
-    stages.append(
-        CausalStage(
-            "mid_block+conv_out",
-            tail,
-            level=level,
-            slots=count_slots([enc.mid_block, enc.conv_out]),
-            c_in=enc.conv_out.in_channels,
-            c_out=enc.conv_out.out_channels,
-            tiled=False,
-        )
-    )
+    stages += _mid(enc.mid_block, level)
+    stages.append(_out_stage(enc, level))
     return CausalProgram(
         stages=stages,
         levels=level,
