@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .common import emit, load_pack
-from .tensor_memory import TensorMemory
+from .tensor_memory import counted_peak_gib
 
 DEFAULT_CASES = [
     "sdxl:2048",
@@ -74,7 +74,8 @@ def _case(case: str, tile: int) -> tuple[torch.nn.Module, Callable[[torch.Tensor
     lt = tile // 8
     if kind == "sdxl":
         vae, side = _sdxl(), int(size)
-        return vae.decoder, vae.decoder, torch.empty(1, 4, side // 8, side // 8, **bf16), torch.empty(1, 4, lt, lt, **bf16)
+        z = torch.empty(1, 4, side // 8, side // 8, **bf16)
+        return vae.decoder, vae.decoder, z, torch.empty(1, 4, lt, lt, **bf16)
     vae = _wan()
     if kind == "qwen":
         side = int(size)
@@ -95,37 +96,40 @@ def _case(case: str, tile: int) -> tuple[torch.nn.Module, Callable[[torch.Tensor
 def _count(fn: Callable[[], Any]) -> tuple[float, float]:
     """(peak GiB counted, seconds the count took)."""
     t0 = time.perf_counter()
-    with torch.no_grad(), TensorMemory() as counted:
-        fn()
-    return counted.peak / 2**30, time.perf_counter() - t0
+    peak = counted_peak_gib(fn)
+    return peak, time.perf_counter() - t0
+
+
+def _run_case(tv: Any, case: str, args: argparse.Namespace) -> None:
+    module, call, x, one_tile = _case(case, args.tile)
+    if not args.skip_untiled:
+        peak, secs = _count(lambda: call(x))
+        emit(case=case, run="untiled", peak_gib=round(peak, 3), count_seconds=round(secs, 1))
+    cfg = tv.TilingConfig(tile_size=args.tile, planner="grid", mode="tiled", store="cpu")
+    holder: dict[str, Any] = {}
+
+    def ours() -> None:
+        with tv.tiled(module, cfg) as hook:
+            call(x)
+        holder["report"] = hook.handler.report
+
+    peak, secs = _count(ours)
+    emit(
+        case=case,
+        run=f"quadtree-tile {args.tile} px, CPU store",
+        peak_gib=round(peak, 3),
+        tiles=len(holder["report"].plan),
+        count_seconds=round(secs, 1),
+    )
+    peak, _ = _count(lambda: call(one_tile))
+    emit(case=case, run=f"one untiled {args.tile} px tile (ComfyUI tiled, per tile)", peak_gib=round(peak, 3))
 
 
 def run(args: argparse.Namespace) -> None:
     tv = load_pack().tiled_vae
     emit(torch=torch.__version__, dtype="bfloat16", counted_on="meta", tile=args.tile)
     for case in args.cases:
-        module, call, x, one_tile = _case(case, args.tile)
-        if not args.skip_untiled:
-            peak, secs = _count(lambda: call(x))
-            emit(case=case, run="untiled", peak_gib=round(peak, 3), count_seconds=round(secs, 1))
-        cfg = tv.TilingConfig(tile_size=args.tile, planner="grid", mode="tiled", store="cpu")
-        holder: dict[str, Any] = {}
-
-        def ours(module=module, call=call, x=x, cfg=cfg, holder=holder) -> None:
-            with tv.tiled(module, cfg) as hook:
-                call(x)
-            holder["report"] = hook.handler.report
-
-        peak, secs = _count(ours)
-        emit(
-            case=case,
-            run=f"quadtree-tile {args.tile} px, CPU store",
-            peak_gib=round(peak, 3),
-            tiles=len(holder["report"].plan),
-            count_seconds=round(secs, 1),
-        )
-        peak, secs = _count(lambda: call(one_tile))
-        emit(case=case, run=f"one untiled {args.tile} px tile (ComfyUI tiled, per tile)", peak_gib=round(peak, 3))
+        _run_case(tv, case, args)
 
 
 def main(argv: list[str] | None = None) -> None:

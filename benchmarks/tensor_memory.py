@@ -23,6 +23,7 @@ Checked against a real run on the CPU: the same peaks, to the byte.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -124,3 +125,10 @@ def _uninitialised_copy(func: Any, args: tuple, kwargs: dict) -> torch.Tensor:
         device=kwargs["device"],
         pin_memory=bool(kwargs.get("pin_memory")),
     )
+
+
+def counted_peak_gib(fn: Callable[[], Any]) -> float:
+    """Run ``fn`` (on meta tensors) without autograd and return the peak GiB a GPU would hold for it."""
+    with torch.no_grad(), TensorMemory() as counted:
+        fn()
+    return counted.peak / 2**30
