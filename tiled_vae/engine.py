@@ -143,10 +143,13 @@ class Engine:
         out = self.regs[self.program.steps[-1].dst].to(x.device)
         return self.program.post(out) if self.program.post is not None else out
 
-    def _write(self, name: str, value: torch.Tensor) -> None:
-        """Bind a register to a tensor this engine allocated (so it may later be updated in place)."""
+    def _write(self, name: str, value: torch.Tensor, stats: GroupStats | None) -> None:
+        """Bind a register to a tensor this engine allocated (so it may later be updated in place),
+        with the statistics pooled while it was written, if any."""
         self.regs[name] = value
         self.stats.pop(name, None)
+        if stats is not None:
+            self.stats[name] = stats
         self.owned.add(name)
 
     def _input_stats(self, step: Step, norm: torch.nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,16 +195,9 @@ class Engine:
                 y = y.add_(self._residual(step, res, core))  # the module's own output: no copy needed
             if step.out_scale != 1.0:
                 y = y.div_(step.out_scale)
-            if dst is None:
-                dst = self._store_tensor((y.shape[0], y.shape[1], *self.sizes[step.out_level]), y.dtype)
-            dst[(..., *core.slices())] = y.to(self.opt.store)
-            if out_stats is not None:
-                out_stats.add(y)
+            dst = self._put(dst, (..., *core.slices()), y, out_stats, self.sizes[step.out_level])
             del y
-            self._tick()
-        self._write(step.dst, dst)
-        if out_stats is not None:
-            self.stats[step.dst] = out_stats
+        self._write(step.dst, dst, out_stats)
 
     def _bands(self, step: AttentionStep) -> list[tuple[int, int]]:
         """Row bands of the attention's level, each given a quarter of a tile's bytes (at least one row).
@@ -239,24 +235,31 @@ class Engine:
             del q
             y = step.proj(o.transpose(-1, -2).reshape(b, step.channels, y1 - y0, w))
             del o
-            y = src[..., y0:y1, :].to(self.opt.device) + y
+            y = y.add_(src[..., y0:y1, :].to(self.opt.device))
             if step.out_scale != 1.0:
-                y = y / step.out_scale
-            if dst is None:
-                dst = self._store_tensor((b, y.shape[1], h, w), y.dtype)
-            dst[..., y0:y1, :] = y.to(self.opt.store)
-            if out_stats is not None:
-                out_stats.add(y)
+                y = y.div_(step.out_scale)
+            dst = self._put(dst, (..., slice(y0, y1), slice(None)), y, out_stats, (h, w))
             del y
-            self._tick()
-        self._write(step.dst, dst)
-        if out_stats is not None:
-            self.stats[step.dst] = out_stats
+        self._write(step.dst, dst, out_stats)
 
-    def _store_tensor(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised full-size register on the store (pinned when it backs a GPU, for faster copies)."""
-        pin = self.opt.store.type == "cpu" and self.opt.device.type == "cuda"
-        return torch.empty(shape, dtype=dtype, device=self.opt.store, pin_memory=pin)
+    def _put(
+        self,
+        dst: torch.Tensor | None,
+        where: tuple,
+        y: torch.Tensor,
+        stats: GroupStats | None,
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Write one tile's output ``y`` at ``where`` in the full-size register ``dst`` (allocated on the
+        store at ``size`` on first use), pool its statistics, report progress; return the register."""
+        if dst is None:
+            pin = self.opt.store.type == "cpu" and self.opt.device.type == "cuda"  # faster copies back
+            dst = torch.empty((*y.shape[:2], *size), dtype=y.dtype, device=self.opt.store, pin_memory=pin)
+        dst[where] = y.to(self.opt.store)
+        if stats is not None:
+            stats.add(y)
+        self._tick()
+        return dst
 
     def halo_overhead(self) -> float:
         """Extra input the tiles read (and recompute) over an untiled run, as a fraction.
