@@ -187,7 +187,7 @@ class CausalTiler:
             tile = max(align, self.h.config.tile_size // align * align)
         else:
             free = self.h.free_memory(x.device)
-            tile = DEFAULT_CPU_TILE if free is None else tile_from_memory(free, _bytes_per_pixel(program, x), align)
+            tile = DEFAULT_CPU_TILE if free is None else tile_from_memory(free, call_bytes_per_pixel(program, x), align)
         return min(tile, self.tile_limit) if self.tile_limit else tile
 
     def _store_device(self, program: CausalProgram, x: torch.Tensor, full: tuple[int, int], tile: int) -> torch.device:
@@ -451,7 +451,7 @@ def _frames(program: CausalProgram, x: torch.Tensor) -> int:
     return x.shape[2] * program.time_factor
 
 
-def _bytes_per_pixel(program: CausalProgram, x: torch.Tensor) -> float:
+def call_bytes_per_pixel(program: CausalProgram, x: torch.Tensor) -> float:
     """Device bytes one full-resolution tile pixel costs in the heaviest tiled stage of one call.
 
     Per stage at level ``k``: the input window (and a float32 normalised copy), the output twice

@@ -6,9 +6,11 @@ ComfyUI's tiled decode holds per tile.
 """
 
 import torch
-from diffusers import AutoencoderKLQwenImage
+from diffusers import AutoencoderKLQwenImage, AutoencoderKLWan
 from quadtree_tile.benchmarks.tensor_memory import TensorMemory
 from quadtree_tile.tiled_vae import TilingConfig, tiled
+from quadtree_tile.tiled_vae.causal_tiler import call_bytes_per_pixel
+from quadtree_tile.tiled_vae.families import detect
 
 TILE = 512
 
@@ -30,3 +32,23 @@ def test_tiled_still_decode_holds_less_than_one_comfyui_tile():
 
     one_tile = _peak(lambda: vae.decode(z[..., : TILE // 8, : TILE // 8]))
     assert _peak(ours) < 0.6 * one_tile
+
+
+def test_budget_model_covers_a_video_decode():
+    """Automatic tiles come from this model: it must not promise less than a clip's calls hold.
+
+    Two latent frames: the second call decodes four frames per tile, as every later call of a
+    long clip does (the counted peak of 81 frames is within 4 % of this one).
+    """
+    with torch.device("meta"):
+        vae = AutoencoderKLWan(base_dim=96, z_dim=16).to(torch.bfloat16).eval()
+    z = torch.empty(1, 16, 2, 480 // 8, 832 // 8, device="meta", dtype=torch.bfloat16)
+
+    def ours():
+        with tiled(vae.decoder, TilingConfig(tile_size=TILE, planner="grid", mode="tiled", store="cpu")):
+            vae.decode(z)
+
+    program = detect(vae.decoder).build(vae.decoder)
+    modelled = call_bytes_per_pixel(program, z[:, :, :1]) * TILE * TILE
+    counted = _peak(ours)
+    assert counted <= modelled <= 3 * counted
