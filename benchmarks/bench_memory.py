@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from .common import emit, load_pack
-from .tensor_memory import counted_peak_gib
+from .common import SDXL_CLASS_CONFIG, emit, load_pack
+from .tensor_memory import counted_peak_gib, on_meta
 
 DEFAULT_CASES = [
     "sdxl:2048",
@@ -42,29 +42,16 @@ COMFY_TEMPORAL_LATENTS = 16
 """Latent frames in one of ComfyUI's temporal tiles at the node default of 64 frames."""
 
 
-def _meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    with torch.device("meta"):
-        return build().to(torch.bfloat16).eval()
-
-
 def _sdxl() -> torch.nn.Module:
     from diffusers import AutoencoderKL
 
-    return _meta(
-        lambda: AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-        )
-    )
+    return on_meta(lambda: AutoencoderKL(**SDXL_CLASS_CONFIG))
 
 
 def _wan() -> torch.nn.Module:
     from diffusers import AutoencoderKLWan
 
-    return _meta(lambda: AutoencoderKLWan(base_dim=96, z_dim=16))
+    return on_meta(lambda: AutoencoderKLWan(base_dim=96, z_dim=16))
 
 
 def _case(case: str, tile: int) -> tuple[torch.nn.Module, Callable[[torch.Tensor], Any], torch.Tensor, torch.Tensor]:

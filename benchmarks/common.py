@@ -43,21 +43,24 @@ def randomise_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module.eval()
 
 
+SDXL_CLASS_CONFIG: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+}
+"""diffusers ``AutoencoderKL`` arguments of the SD/SDXL architecture (128-512 channels, 8x, 4 latent channels)."""
+
+
 def sdxl_class_vae() -> torch.nn.Module:
-    """diffusers ``AutoencoderKL`` with the SD/SDXL architecture (128-512 channels, 8x, 4 latent channels)."""
+    """diffusers ``AutoencoderKL`` with the SD/SDXL architecture and deterministic random weights."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        norm_num_groups=32,
-    )
-    return randomise_(vae)
+    return randomise_(AutoencoderKL(**SDXL_CLASS_CONFIG))
 
 
 def measure(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float, float | None]:

@@ -132,3 +132,9 @@ def counted_peak_gib(fn: Callable[[], Any]) -> float:
     with torch.no_grad(), TensorMemory() as counted:
         fn()
     return counted.peak / 2**30
+
+
+def on_meta(build: Callable[[], torch.nn.Module], dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+    """A model built with no weights on the meta device, in ``dtype`` and eval mode (instant at full size)."""
+    with torch.device("meta"):
+        return build().to(dtype).eval()

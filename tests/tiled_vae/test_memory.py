@@ -9,7 +9,8 @@ GPU, so one untiled decode of a 64x64 latent is what it holds per tile.
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from quadtree_tile.benchmarks.tensor_memory import TensorMemory
+from quadtree_tile.benchmarks.common import SDXL_CLASS_CONFIG
+from quadtree_tile.benchmarks.tensor_memory import counted_peak_gib, on_meta
 from quadtree_tile.tiled_vae import TilingConfig, tiled
 from quadtree_tile.tiled_vae.budget import bytes_per_pixel
 from quadtree_tile.tiled_vae.families import detect
@@ -19,31 +20,17 @@ TILE = 512
 
 @pytest.fixture(scope="module")
 def decoder():
-    with torch.device("meta"):
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-        )
-    return vae.decoder.to(torch.bfloat16).eval()
+    return on_meta(lambda: AutoencoderKL(**SDXL_CLASS_CONFIG)).decoder
 
 
-def _peak(fn) -> int:
-    with torch.no_grad(), TensorMemory() as counted:
-        fn()
-    return counted.peak
-
-
-def _tiled_peak(dec, side: int) -> int:
+def _tiled_peak(dec, side: int) -> float:
     z = torch.empty(1, 4, side // 8, side // 8, device="meta", dtype=torch.bfloat16)
 
     def run():
         with tiled(dec, TilingConfig(tile_size=TILE, planner="grid", mode="tiled", store="cpu")):
             dec(z)
 
-    return _peak(run)
+    return counted_peak_gib(run)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +39,8 @@ def peaks(decoder):
 
 
 def test_tiled_decode_holds_less_than_one_comfyui_tile(decoder, peaks):
-    one_tile = _peak(lambda: decoder(torch.empty(1, 4, TILE // 8, TILE // 8, device="meta", dtype=torch.bfloat16)))
+    z = torch.empty(1, 4, TILE // 8, TILE // 8, device="meta", dtype=torch.bfloat16)
+    one_tile = counted_peak_gib(lambda: decoder(z))
     assert peaks[2048] < 0.85 * one_tile
 
 
@@ -64,5 +52,5 @@ def test_device_memory_does_not_grow_with_the_image(peaks):
 def test_budget_model_covers_the_counted_peak_without_waste(decoder, peaks):
     """The automatic tile size comes from this model: too low runs out of memory, too high wastes it."""
     program = detect(decoder).build(decoder)
-    modelled = bytes_per_pixel(program, 1, torch.bfloat16) * TILE * TILE
+    modelled = bytes_per_pixel(program, 1, torch.bfloat16) * TILE * TILE / 2**30
     assert peaks[2048] <= modelled <= 2 * peaks[2048]

@@ -7,7 +7,7 @@ ComfyUI's tiled decode holds per tile.
 
 import torch
 from diffusers import AutoencoderKLQwenImage, AutoencoderKLWan
-from quadtree_tile.benchmarks.tensor_memory import TensorMemory
+from quadtree_tile.benchmarks.tensor_memory import counted_peak_gib, on_meta
 from quadtree_tile.tiled_vae import TilingConfig, tiled
 from quadtree_tile.tiled_vae.causal_tiler import call_bytes_per_pixel
 from quadtree_tile.tiled_vae.families import detect
@@ -15,23 +15,19 @@ from quadtree_tile.tiled_vae.families import detect
 TILE = 512
 
 
-def _peak(fn) -> int:
-    with torch.no_grad(), TensorMemory() as counted:
-        fn()
-    return counted.peak
-
-
-def test_tiled_still_decode_holds_less_than_one_comfyui_tile():
-    with torch.device("meta"):
-        vae = AutoencoderKLQwenImage(base_dim=96, z_dim=16).to(torch.bfloat16).eval()
-    z = torch.empty(1, 16, 1, 2048 // 8, 2048 // 8, device="meta", dtype=torch.bfloat16)
-
-    def ours():
+def _tiled_decode_peak(vae, z: torch.Tensor) -> float:
+    def run():
         with tiled(vae.decoder, TilingConfig(tile_size=TILE, planner="grid", mode="tiled", store="cpu")):
             vae.decode(z)
 
-    one_tile = _peak(lambda: vae.decode(z[..., : TILE // 8, : TILE // 8]))
-    assert _peak(ours) < 0.6 * one_tile
+    return counted_peak_gib(run)
+
+
+def test_tiled_still_decode_holds_less_than_one_comfyui_tile():
+    vae = on_meta(lambda: AutoencoderKLQwenImage(base_dim=96, z_dim=16))
+    z = torch.empty(1, 16, 1, 2048 // 8, 2048 // 8, device="meta", dtype=torch.bfloat16)
+    one_tile = counted_peak_gib(lambda: vae.decode(z[..., : TILE // 8, : TILE // 8]))
+    assert _tiled_decode_peak(vae, z) < 0.6 * one_tile
 
 
 def test_budget_model_covers_a_video_decode():
@@ -40,15 +36,9 @@ def test_budget_model_covers_a_video_decode():
     Two latent frames: the second call decodes four frames per tile, as every later call of a
     long clip does (the counted peak of 81 frames is within 4 % of this one).
     """
-    with torch.device("meta"):
-        vae = AutoencoderKLWan(base_dim=96, z_dim=16).to(torch.bfloat16).eval()
+    vae = on_meta(lambda: AutoencoderKLWan(base_dim=96, z_dim=16))
     z = torch.empty(1, 16, 2, 480 // 8, 832 // 8, device="meta", dtype=torch.bfloat16)
-
-    def ours():
-        with tiled(vae.decoder, TilingConfig(tile_size=TILE, planner="grid", mode="tiled", store="cpu")):
-            vae.decode(z)
-
     program = detect(vae.decoder).build(vae.decoder)
-    modelled = call_bytes_per_pixel(program, z[:, :, :1]) * TILE * TILE
-    counted = _peak(ours)
+    modelled = call_bytes_per_pixel(program, z[:, :, :1]) * TILE * TILE / 2**30
+    counted = _tiled_decode_peak(vae, z)
     assert counted <= modelled <= 3 * counted
