@@ -24,6 +24,7 @@ from .wan_common import (
     head_stage,
     is_causal_conv,
     middle_stages,
+    path_stages,
     sequential,
 )
 
@@ -96,12 +97,10 @@ def build_decoder(dec: nn.Module) -> CausalProgram:
     """Decoder as stages: ``conv1`` and the middle at latent size, the upsamples, the head."""
     first_chunk = "first_chunk" in forward_params(dec)
     levels = sum(1 for m in dec.upsamples.modules() if getattr(m, "mode", "").startswith("upsample"))
-    stages = [conv_stage("conv1", levels, dec.conv1), *_middle(dec.middle, levels)]
-    level, time_factor = levels, 1
-    for i, block in enumerate(dec.upsamples):
-        new, factor = _stages(f"upsamples.{i}", block, level, first_chunk)
-        stages += new
-        level, time_factor = new[-1].out_level, time_factor * factor
+    path, level, time_factor = path_stages(
+        "upsamples", dec.upsamples, levels, lambda name, block, at: _stages(name, block, at, first_chunk)
+    )
+    stages = [conv_stage("conv1", levels, dec.conv1), *_middle(dec.middle, levels), *path]
     if level != 0:
         raise Unsupported(f"the upsamples end at level {level}, not at full resolution")
     stages.append(head_stage("head", 0, sequential(dec.head[:-1]), dec.head[-1]))
@@ -118,13 +117,10 @@ def build_decoder(dec: nn.Module) -> CausalProgram:
 
 def build_encoder(enc: nn.Module) -> CausalProgram:
     """Encoder as stages: ``conv1`` and the downsamples, then the middle and the head at latent size."""
-    stages = [conv_stage("conv1", 0, enc.conv1)]
-    level = 0
-    for i, block in enumerate(enc.downsamples):
-        new, _ = _stages(f"downsamples.{i}", block, level, False)
-        stages += new
-        level = new[-1].out_level
-    stages += _middle(enc.middle, level)
+    path, level, _ = path_stages(
+        "downsamples", enc.downsamples, 0, lambda name, block, at: _stages(name, block, at, False)
+    )
+    stages = [conv_stage("conv1", 0, enc.conv1), *path, *_middle(enc.middle, level)]
     stages.append(head_stage("head", level, sequential(enc.head[:-1]), enc.head[-1]))
     return CausalProgram(
         stages=stages,

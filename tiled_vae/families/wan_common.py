@@ -197,7 +197,10 @@ def attention_stage(name: str, attn: nn.Module, level: int) -> CausalStage:
 
     Untiled, it would hold the normalised frame, queries, keys, values, their contiguous copies and
     the output at once; banded, the device holds keys and values plus one band. Exact up to float
-    rounding: the same per-pixel layers and the same fused attention over every key.
+    rounding: the same per-pixel layers and the same fused attention over every key. ``to_qkv`` is
+    one layer, called as a module (ComfyUI casts its weights in ``forward``), so each band runs it
+    twice, once for keys and values and once for queries, rather than keep every query too: a 1x1
+    convolution at latent size, small beside the attention.
     """
     norm, qkv, proj = (getattr(attn, n, None) for n in ("norm", "to_qkv", "proj"))
     if norm is None or not isinstance(qkv, nn.Conv2d) or not isinstance(proj, nn.Conv2d):
@@ -231,6 +234,24 @@ def attention_stage(name: str, attn: nn.Module, level: int) -> CausalStage:
         return out
 
     return CausalStage(name=name, fn=run, level=level, c_in=c, c_out=c, tiled=False)
+
+
+StagesOf = Callable[[str, nn.Module, int], "tuple[list[CausalStage], int]"]
+"""``stages_of(name, block, level)``: a path block's stages starting at ``level``, and its time factor."""
+
+
+def path_stages(
+    prefix: str, blocks: Iterable[nn.Module], level: int, stages_of: StagesOf
+) -> tuple[list[CausalStage], int, int]:
+    """The stages of an up or down path in order, each block starting at the level the previous one
+    ended: (stages, the level the path ends at, its time factor)."""
+    stages: list[CausalStage] = []
+    time_factor = 1
+    for i, block in enumerate(blocks):
+        new, factor = stages_of(f"{prefix}.{i}", block, level)
+        stages += new
+        level, time_factor = new[-1].out_level, time_factor * factor
+    return stages, level, time_factor
 
 
 def middle_stages(prefix: str, layers: Iterable[tuple[str, nn.Module, StageFn]], level: int) -> list[CausalStage]:

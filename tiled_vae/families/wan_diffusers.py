@@ -25,6 +25,7 @@ from .wan_common import (
     head_stage,
     is_causal_conv,
     middle_stages,
+    path_stages,
 )
 
 _COMMON = ("mid_block", "norm_out", "nonlinearity", "conv_out")
@@ -88,7 +89,7 @@ def _mid(mid: nn.Module, level: int) -> list[CausalStage]:
     return middle_stages("mid_block", layers, level)
 
 
-def _block_stages(block: nn.Module, name: str, level: int) -> tuple[list[CausalStage], int]:
+def _block_stages(name: str, block: nn.Module, level: int) -> tuple[list[CausalStage], int]:
     """A block as stages: a Wan 2.2 group (``avg_shortcut``) or an up block splits into its parts;
     any other block (a resnet, a resampler) is one stage."""
     if hasattr(block, "avg_shortcut"):
@@ -102,12 +103,8 @@ def _block_stages(block: nn.Module, name: str, level: int) -> tuple[list[CausalS
 def build_decoder(dec: nn.Module) -> CausalProgram:
     """Decoder as stages: ``conv_in`` and ``mid_block`` at latent size, the up blocks, the head."""
     levels = sum(1 for m in dec.up_blocks.modules() if getattr(m, "mode", "").startswith("upsample"))
-    stages = [conv_stage("conv_in", levels, dec.conv_in), *_mid(dec.mid_block, levels)]
-    level, time_factor = levels, 1
-    for i, block in enumerate(dec.up_blocks):
-        new, factor = _block_stages(block, f"up_blocks.{i}", level)
-        stages += new
-        level, time_factor = new[-1].out_level, time_factor * factor
+    path, level, time_factor = path_stages("up_blocks", dec.up_blocks, levels, _block_stages)
+    stages = [conv_stage("conv_in", levels, dec.conv_in), *_mid(dec.mid_block, levels), *path]
     if level != 0:
         raise Unsupported(f"the up blocks end at level {level}, not at full resolution")
     stages.append(_out_stage(dec, 0))
@@ -128,13 +125,8 @@ def _out_stage(module: nn.Module, level: int) -> CausalStage:
 
 def build_encoder(enc: nn.Module) -> CausalProgram:
     """Encoder as stages: ``conv_in`` and the down blocks, then ``mid_block`` and the head at latent size."""
-    stages = [conv_stage("conv_in", 0, enc.conv_in)]
-    level = 0
-    for i, block in enumerate(enc.down_blocks):
-        new, _ = _block_stages(block, f"down_blocks.{i}", level)
-        stages += new
-        level = new[-1].out_level
-    stages += _mid(enc.mid_block, level)
+    path, level, _ = path_stages("down_blocks", enc.down_blocks, 0, _block_stages)
+    stages = [conv_stage("conv_in", 0, enc.conv_in), *path, *_mid(enc.mid_block, level)]
     stages.append(_out_stage(enc, level))
     return CausalProgram(
         stages=stages,
