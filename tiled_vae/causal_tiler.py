@@ -27,7 +27,7 @@ import torch
 from .budget import DEFAULT_CPU_TILE, WORKSPACE_FACTOR, halved, oom_errors, release_cached, tile_from_memory
 from .causal_program import CACHE_T, CausalProgram, CausalStage
 from .families import Family, Unsupported
-from .geometry import Rect, level_sizes, rect_at_level
+from .geometry import Rect, level_sizes, output_extent, rect_at_level
 from .validation import check_input, full_size
 
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
@@ -63,17 +63,6 @@ def stage_window(stage: CausalStage, core: Rect, in_size: tuple[int, int]) -> Re
     y0, y1 = span(core.y0, core.y1, in_size[0])
     x0, x1 = span(core.x0, core.x1, in_size[1])
     return Rect(y0, y1, x0, x1)
-
-
-def output_extent(stage: CausalStage, window: Rect, out_hw: tuple[int, int]) -> Rect:
-    """Where the stage's output for ``window`` (``out_hw`` pixels) lies at the output level."""
-    if stage.geometry == "same":
-        y0, x0 = window.y0, window.x0
-    elif stage.geometry == "up":
-        y0, x0 = 2 * window.y0, 2 * window.x0
-    else:
-        y0, x0 = window.y0 // 2, window.x0 // 2
-    return Rect(y0, y0 + out_hw[0], x0, x0 + out_hw[1])
 
 
 def _expected_extent(stage: CausalStage, window: Rect) -> Rect:
@@ -326,7 +315,7 @@ class _Run:
                     f"{stage.name} used {counter[0] - start} time-cache entries, the layout says {stage.slots}: "
                     "this VAE variant is not supported tiled; set mode to 'untiled'"
                 )
-            extent = output_extent(stage, window, (y.shape[-2], y.shape[-1]))
+            extent = output_extent(stage.geometry, window, y.shape[-2:])
             if out is None:
                 out = torch.empty((*y.shape[:-2], *out_size), dtype=y.dtype, device=self.store)
             y = y[(..., *core.relative_to(extent).slices())]

@@ -16,7 +16,7 @@ import torch
 
 from .attention import keys_and_values
 from .budget import attention_bytes, step_bytes
-from .geometry import Rect, level_sizes, rect_at_level
+from .geometry import Rect, level_sizes, output_extent, rect_at_level
 from .groupnorm import GroupStats, group_norm_with_stats
 from .program import AttentionStep, Program, Step, WindowStep
 
@@ -50,18 +50,6 @@ def input_window(step: WindowStep, core: Rect, in_size: tuple[int, int]) -> Rect
     else:
         y0, y1, x0, x1 = 2 * core.y0, 2 * (core.y1 - 1) + 2 * r + 1, 2 * core.x0, 2 * (core.x1 - 1) + 2 * r + 1
     return Rect(max(0, y0), min(h, y1), max(0, x0), min(w, x1))
-
-
-def output_extent(step: WindowStep, window: Rect, out: torch.Tensor) -> Rect:
-    """Where the module's output for ``window`` lies at the output level."""
-    oh, ow = out.shape[-2:]
-    if step.geometry == "same":
-        y0, x0 = window.y0, window.x0
-    elif step.geometry == "up":
-        y0, x0 = 2 * window.y0, 2 * window.x0
-    else:
-        y0, x0 = window.y0 // 2, window.x0 // 2
-    return Rect(y0, y0 + oh, x0, x0 + ow)
 
 
 def _dead_after(program: Program, index: int) -> set[str]:
@@ -190,7 +178,7 @@ class Engine:
                     t = op(t)
             y = step.module(t)
             del t
-            y = y[(..., *core.relative_to(output_extent(step, window, y)).slices())]
+            y = y[(..., *core.relative_to(output_extent(step.geometry, window, y.shape[-2:])).slices())]
             if res is not None:
                 y = y.add_(self._residual(step, res, core))  # the module's own output: no copy needed
             if step.out_scale != 1.0:

@@ -57,3 +57,17 @@ def rect_at_level(rect: Rect, level: int, full: tuple[int, int], sizes: list[tup
     y1 = h if rect.y1 == full[0] else rect.y1 >> level
     x1 = w if rect.x1 == full[1] else rect.x1 >> level
     return Rect(rect.y0 >> level, y1, rect.x0 >> level, x1)
+
+
+def output_extent(geometry: str, window: Rect, out_hw: tuple[int, int]) -> Rect:
+    """Where a layer's ``out_hw`` output for the input ``window`` lies at its output level.
+
+    ``geometry`` is ``same`` (stride 1), ``up`` (2x upsample inside) or ``down`` (stride 2 inside).
+    """
+    if geometry == "same":
+        y0, x0 = window.y0, window.x0
+    elif geometry == "up":
+        y0, x0 = 2 * window.y0, 2 * window.x0
+    else:
+        y0, x0 = window.y0 // 2, window.x0 // 2
+    return Rect(y0, y0 + out_hw[0], x0, x0 + out_hw[1])
