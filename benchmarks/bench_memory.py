@@ -92,7 +92,7 @@ def _run_case(tv: Any, case: str, args: argparse.Namespace) -> None:
     if not args.skip_untiled:
         peak, secs = _count(lambda: call(x))
         emit(case=case, run="untiled", peak_gib=round(peak, 3), count_seconds=round(secs, 1))
-    cfg = tv.TilingConfig(tile_size=args.tile, planner="grid", mode="tiled", store="cpu")
+    cfg = tv.TilingConfig(tile_size=args.tile, planner="grid", mode="tiled", activation_store="cpu")
     holder: dict[str, Any] = {}
 
     def ours() -> None:

@@ -33,8 +33,8 @@ def scene(h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 
 def geometry(args: argparse.Namespace, tv: object) -> None:
-    from quadtree_tile.tiled_vae.engine import Engine, RunOptions
     from quadtree_tile.tiled_vae.families import detect
+    from quadtree_tile.tiled_vae.image.engine import Engine, RunOptions
 
     encoder = sdxl_class_vae().encoder
     program = detect(encoder).build(encoder)

@@ -99,10 +99,10 @@ def run(args: argparse.Namespace) -> None:
     configs: list[tuple[str, Any]] = [
         (
             f"grid_{args.tile}_cpu_store",
-            tv.TilingConfig(tile_size=args.tile, planner="grid", mode="tiled", store="cpu"),
+            tv.TilingConfig(tile_size=args.tile, planner="grid", mode="tiled", activation_store="cpu"),
         ),
-        (f"quadtree_{args.tile}_cpu_store", tv.TilingConfig(tile_size=args.tile, mode="tiled", store="cpu")),
-        ("auto", tv.TilingConfig(tile_size=0, mode="tiled", store="auto")),
+        (f"quadtree_{args.tile}_cpu_store", tv.TilingConfig(tile_size=args.tile, mode="tiled", activation_store="cpu")),
+        ("auto", tv.TilingConfig(tile_size=0, mode="tiled", activation_store="auto")),
     ]
     for size in args.sizes:
         g = torch.Generator().manual_seed(size)

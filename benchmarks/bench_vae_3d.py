@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
     )
     configs = [
         (f"grid_{args.tile}", tv.TilingConfig(tile_size=args.tile, mode="tiled")),
-        (f"grid_{args.tile}_cpu_store", tv.TilingConfig(tile_size=args.tile, mode="tiled", store="cpu")),
+        (f"grid_{args.tile}_cpu_store", tv.TilingConfig(tile_size=args.tile, mode="tiled", activation_store="cpu")),
         ("auto", tv.TilingConfig(tile_size=0, mode="auto")),
     ]
     for case in args.cases:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     decoder = sdxl_class_vae().to(device).decoder
     z = torch.randn(1, 4, *args.latent, generator=torch.Generator().manual_seed(0)).to(device)
 
-    config = tv.TilingConfig(tile_size=args.tile, mode="tiled", store="cpu")
+    config = tv.TilingConfig(tile_size=args.tile, mode="tiled", activation_store="cpu")
     ref, t_ref, peak_ref = measure(lambda: decoder(z), device)
     with tv.tiled(decoder, config) as hook:
         out, t, peak = measure(lambda: decoder(z), device)

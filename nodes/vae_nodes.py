@@ -69,7 +69,7 @@ def _tiling_inputs(unit: str) -> dict[str, tuple]:
 
 def _config(tile_size: int, planner: str, min_tile_size: int, mode: str, activation_store: str) -> TilingConfig:
     return TilingConfig(
-        tile_size=tile_size, planner=planner, min_tile_size=min_tile_size, mode=mode, store=activation_store
+        tile_size=tile_size, planner=planner, min_tile_size=min_tile_size, mode=mode, activation_store=activation_store
     )
 
 

@@ -8,8 +8,9 @@ from .families import FAMILIES, Family, detect
 from .geometry import Rect
 from .hook import ForwardHook
 from .planner import detail_map, grid_plan, quadtree_plan
+from .policy import RunReport, TilingConfig
 from .preview import draw_plan
-from .tiler import RunReport, TiledForward, TilingConfig, in_image_pixels, plan_tiles, tiled
+from .tiler import TiledForward, in_image_pixels, plan_tiles, tiled
 
 __all__ = [
     "FAMILIES",

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+Geometry = Literal["same", "up", "down"]
+"""How a layer maps space: stride 1, a 2x upsample inside, or a stride-2 downsample inside."""
+
+LEVEL_CHANGE = {"same": 0, "up": -1, "down": 1}
+"""Pyramid level change of each geometry (level 0 is full resolution)."""
 
 
 @dataclass(frozen=True)

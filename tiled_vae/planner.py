@@ -104,3 +104,14 @@ def _check(height: int, width: int, tile: int, align: int) -> None:
             f"tile size {tile} px is smaller than the VAE's alignment of {align} px; "
             f"use a tile size of at least {align} px"
         )
+
+
+def plan_for(
+    planner: str, min_tile_size: int, x: torch.Tensor, full: tuple[int, int], tile: int, align: int, cell: int
+) -> list[Rect]:
+    """The tiles a run uses: ``planner`` is ``grid`` or ``quadtree``; the quadtree measures detail
+    on ``x`` (the module's input, latent or pixels, ``(B, C, h, w)``) in ``cell`` x ``cell`` cells
+    of ``x``, one cell per ``align`` full-resolution pixels."""
+    if planner == "grid":
+        return grid_plan(full[0], full[1], tile, align)
+    return quadtree_plan(full[0], full[1], tile, align, detail_map(x, cell), min_tile_size or None)

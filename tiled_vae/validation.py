@@ -21,6 +21,25 @@ class Pyramid(Protocol):
     def align(self) -> int: ...
 
 
+_CHECKS = {
+    2: {
+        "layout": "batch, channels, height, width",
+        "channel_hint": "4 channels: SD1.x/SDXL; 16: Flux/SD3",
+        "pixels": "image is",
+    },
+    3: {
+        "layout": "batch, channels, frames, height, width",
+        "channel_hint": "16 latent channels: Wan 2.1 / Qwen-Image; 48: Wan 2.2",
+        "pixels": "frames are",
+    },
+}
+
+
+def checks_for(family: Family) -> dict[str, str]:
+    """The wording :func:`check_input` uses for ``family``'s tensors (2D images or video)."""
+    return _CHECKS[family.dims]
+
+
 def full_size(program: Pyramid, x: torch.Tensor) -> tuple[int, int]:
     """Full-resolution size: a decoder's output, an encoder's input."""
     scale = 2 ** (program.in_level - program.out_level) if program.in_level > program.out_level else 1

@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 from quadtree_tile.tiled_vae import TilingConfig, tiled
-from quadtree_tile.tiled_vae.groupnorm import GroupStats
+from quadtree_tile.tiled_vae.image.groupnorm import GroupStats
 from vae_models import comfy_pair
 
 

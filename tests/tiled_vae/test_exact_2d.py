@@ -46,7 +46,7 @@ def test_activations_on_cpu_store_match(pair):
     z = torch.randn(1, 4, 24, 40)
     with torch.no_grad():
         ref = dec(z)
-        with tiled(dec, TilingConfig(tile_size=64, mode="tiled", store="cpu")):
+        with tiled(dec, TilingConfig(tile_size=64, mode="tiled", activation_store="cpu")):
             out = dec(z)
     assert (out - ref).abs().max().item() <= 1e-4
 

@@ -1,7 +1,7 @@
 """Statistics pooled over tiles equal the whole image's, including the between-tile variance."""
 
 import torch
-from quadtree_tile.tiled_vae.groupnorm import GroupStats, group_norm_with_stats
+from quadtree_tile.tiled_vae.image.groupnorm import GroupStats, group_norm_with_stats
 
 
 def test_pooled_statistics_equal_whole_image_group_norm():

@@ -12,8 +12,8 @@ from diffusers import AutoencoderKL
 from quadtree_tile.benchmarks.common import SDXL_CLASS_CONFIG
 from quadtree_tile.benchmarks.tensor_memory import counted_peak_gib, on_meta
 from quadtree_tile.tiled_vae import TilingConfig, tiled
-from quadtree_tile.tiled_vae.budget import bytes_per_pixel
 from quadtree_tile.tiled_vae.families import detect
+from quadtree_tile.tiled_vae.image.budget import bytes_per_pixel
 
 TILE = 512
 
@@ -27,7 +27,7 @@ def _tiled_peak(dec, side: int) -> float:
     z = torch.empty(1, 4, side // 8, side // 8, device="meta", dtype=torch.bfloat16)
 
     def run():
-        with tiled(dec, TilingConfig(tile_size=TILE, planner="grid", mode="tiled", store="cpu")):
+        with tiled(dec, TilingConfig(tile_size=TILE, planner="grid", mode="tiled", activation_store="cpu")):
             dec(z)
 
     return counted_peak_gib(run)

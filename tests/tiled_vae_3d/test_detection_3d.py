@@ -41,7 +41,7 @@ class _Unknown3d(torch.nn.Module):
         return self.head(self.conv1(x))
 
 
-def test_unknown_3d_layout_runs_untiled_with_a_log_line(caplog):
+def test_unknown_3d_layout_runs_untiled_with_a_warning_naming_it(caplog):
     dec = _Unknown3d()
     z = torch.randn(1, 4, 1, 6, 6)
     cache = [None, None]
@@ -50,7 +50,10 @@ def test_unknown_3d_layout_runs_untiled_with_a_log_line(caplog):
         with caplog.at_level(logging.INFO, "comfyui-quadtree-tile"), tiled(dec, TilingConfig(mode="tiled")):
             out = dec(z, feat_cache=cache, feat_idx=[0])
     assert torch.equal(out, ref)
-    assert "no registered VAE family" in caplog.text
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "_Unknown3d is not a VAE encoder or decoder this pack can tile" in record.message
+    assert "conv1, downsamples/upsamples, middle, head" in record.message  # what the detectors looked for
 
 
 def test_attention_at_a_tiled_level_runs_untiled_with_a_log_line(caplog):

@@ -9,15 +9,15 @@ import torch
 from diffusers import AutoencoderKLQwenImage, AutoencoderKLWan
 from quadtree_tile.benchmarks.tensor_memory import counted_peak_gib, on_meta
 from quadtree_tile.tiled_vae import TilingConfig, tiled
-from quadtree_tile.tiled_vae.causal_tiler import call_bytes_per_pixel
 from quadtree_tile.tiled_vae.families import detect
+from quadtree_tile.tiled_vae.video.chunk_calls import call_bytes_per_pixel
 
 TILE = 512
 
 
 def _tiled_decode_peak(vae, z: torch.Tensor) -> float:
     def run():
-        with tiled(vae.decoder, TilingConfig(tile_size=TILE, planner="grid", mode="tiled", store="cpu")):
+        with tiled(vae.decoder, TilingConfig(tile_size=TILE, planner="grid", mode="tiled", activation_store="cpu")):
             vae.decode(z)
 
     return counted_peak_gib(run)

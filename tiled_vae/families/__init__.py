@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..program import Program
+from ..image.program import Program
+from ..video.program import CausalProgram
 from . import comfy_2d, diffusers_2d, wan_comfy, wan_diffusers
 from .common import Unsupported
 
@@ -25,7 +26,7 @@ class Family:
     role: str
     dims: int
     detect: Callable[[nn.Module], bool]
-    build: Callable[[nn.Module], Program]
+    build: Callable[[nn.Module], Program | CausalProgram]
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -42,6 +43,15 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
+LOOKED_FOR = (
+    "ComfyUI's Encoder/Decoder (conv_in, down/up, mid.block_1/attn_1/block_2, norm_out, conv_out), "
+    "diffusers' (conv_in as a 2D convolution, down_blocks/up_blocks, mid_block, conv_norm_out, conv_out), "
+    "ComfyUI's Wan Encoder3d/Decoder3d (conv1, downsamples/upsamples, middle, head) and diffusers' "
+    "Wan/Qwen-Image ones (conv_in as a causal 3D convolution, down_blocks/up_blocks, mid_block, norm_out, conv_out)"
+)
+"""What the detectors look for, for the warning when none matches."""
+
+
 def detect(module: nn.Module) -> Family | None:
     """The first registered family whose structural detector matches ``module``, or None."""
     for family in FAMILIES:
@@ -50,4 +60,4 @@ def detect(module: nn.Module) -> Family | None:
     return None
 
 
-__all__ = ["FAMILIES", "Family", "Unsupported", "detect"]
+__all__ = ["FAMILIES", "LOOKED_FOR", "Family", "Unsupported", "detect"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..program import AttentionStep, Program, Step
+from ..image.program import AttentionStep, Program, Step
 from .common import (
     Unsupported,
     conv_step,

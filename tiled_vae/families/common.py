@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..program import WindowStep
+from ..image.program import WindowStep
 
 
 class Unsupported(Exception):

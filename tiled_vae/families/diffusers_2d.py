@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..program import AttentionStep, Program, Step
+from ..image.program import AttentionStep, Program, Step
 from .common import Unsupported, conv_step, group_norm, has_conv2d_in, has_path, pointwise, resample_step, resnet_steps
 
 _COMMON = ("conv_in", "mid_block", "conv_norm_out", "conv_act", "conv_out")

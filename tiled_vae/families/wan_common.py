@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..attention import keys_and_values
-from ..causal_program import CausalStage, StageFn, cached_conv
-from ..program import Geometry
+from ..geometry import Geometry
+from ..video.program import CausalStage, StageFn, cached_conv
 from .common import Unsupported
 
 
@@ -28,11 +28,6 @@ def forward_params(module: nn.Module) -> tuple[str, ...]:
     """Names of ``module.forward``'s parameters after the input tensor, in order."""
     params = list(inspect.signature(type(module).forward).parameters)
     return tuple(params[2:])
-
-
-def takes_cache(module: nn.Module) -> bool:
-    """True when the module's forward takes the time cache (``feat_cache``)."""
-    return "feat_cache" in forward_params(module)
 
 
 def _hw(v: int | tuple[int, ...]) -> tuple[int, int]:

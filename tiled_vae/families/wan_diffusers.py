@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..causal_program import CausalProgram, CausalStage, StageFn
+from ..video.program import CausalProgram, CausalStage, StageFn
 from .common import Unsupported
 from .wan_common import (
     block_stage,

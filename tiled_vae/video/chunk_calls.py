@@ -24,21 +24,27 @@ from typing import Any
 
 import torch
 
-from .budget import DEFAULT_CPU_TILE, WORKSPACE_FACTOR, halved, oom_errors, release_cached, tile_from_memory
-from .causal_program import CACHE_T, CausalProgram, CausalStage
-from .families import Family, Unsupported
-from .geometry import Rect, level_sizes, output_extent, rect_at_level
-from .validation import check_input, full_size
+from ..families import Family, Unsupported
+from ..geometry import Rect, level_sizes, output_extent, rect_at_level
+from ..planner import plan_for
+from ..policy import (
+    DEFAULT_CPU_TILE,
+    USABLE_SHARE,
+    WORKSPACE_FACTOR,
+    RunReport,
+    configured_tile,
+    halved,
+    oom_errors,
+    release_cached,
+    summary,
+    tile_from_memory,
+)
+from ..validation import check_input, checks_for, full_size
+from .program import CACHE_T, CausalProgram, CausalStage
 
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
 
 _ARGS = ("feat_cache", "feat_idx", "first_chunk")
-
-_CHECKS = {
-    "layout": "batch, channels, frames, height, width",
-    "channel_hint": "16 latent channels: Wan 2.1 / Qwen-Image; 48: Wan 2.2",
-    "pixels": "frames are",
-}
 
 
 def stage_window(stage: CausalStage, core: Rect, in_size: tuple[int, int]) -> Rect:
@@ -74,7 +80,7 @@ def _expected_extent(stage: CausalStage, window: Rect) -> Rect:
     return Rect(window.y0 // 2, window.y1 // 2, window.x0 // 2, window.x1 // 2)
 
 
-class CausalTiler:
+class ChunkCalls:
     """Runs hooked calls of a causal 3D encoder/decoder for a :class:`~.tiler.TiledForward` handler.
 
     Uses the handler's ``config``, ``report``, ``progress``, ``check_interrupt``, ``free_memory``
@@ -92,18 +98,21 @@ class CausalTiler:
     # --- entry point -----------------------------------------------------------------------
     def __call__(self, original: Callable[..., Any], family: Family, args: tuple, kwargs: dict) -> Any:
         h = self.h
+        h.report = RunReport(family=family.name)
         if h.config.mode == "untiled":
             return h.run_untiled(original, "mode is 'untiled'", args, kwargs)
         try:
             program = self._program(family, original.__self__)
         except Unsupported as e:
-            return h.run_untiled(original, f"{family.name}: {e}", args, kwargs)
+            out = h.run_untiled(original, f"{family.name} cannot be tiled: {e}", args, kwargs)
+            log.warning(summary(family.role, h.report))
+            return out
         call = _bind(program, args, kwargs)
         if call is None:
             reason = f"{family.name}: the call passes arguments the tiled path does not take"
             return h.run_untiled(original, reason, args, kwargs)
         x, cache, idx, first_chunk = call
-        check_input(x, program, family, **_CHECKS)
+        check_input(x, program, family, **checks_for(family))
         if cache is None or all(v is None for v in cache):
             self.done = self.calls = 0
             self.tile_limit = None
@@ -173,14 +182,15 @@ class CausalTiler:
     def _tile_size(self, program: CausalProgram, x: torch.Tensor) -> int:
         align = program.align
         if self.h.config.tile_size:
-            tile = max(align, self.h.config.tile_size // align * align)
+            tile = configured_tile(self.h.config, align)
         else:
             free = self.h.free_memory(x.device)
-            tile = DEFAULT_CPU_TILE if free is None else tile_from_memory(free, call_bytes_per_pixel(program, x), align)
+            per_pixel = call_bytes_per_pixel(program, x)
+            tile = DEFAULT_CPU_TILE if free is None else tile_from_memory(free * USABLE_SHARE / 2, per_pixel, align)
         return min(tile, self.tile_limit) if self.tile_limit else tile
 
     def _store_device(self, program: CausalProgram, x: torch.Tensor, full: tuple[int, int], tile: int) -> torch.device:
-        choice = self.h.config.store
+        choice = self.h.config.activation_store
         if x.device.type == "cpu" or choice == "device":
             return x.device
         if choice == "cpu":
@@ -205,7 +215,7 @@ class _Run:
 
     def __init__(
         self,
-        owner: CausalTiler,
+        owner: ChunkCalls,
         program: CausalProgram,
         x: torch.Tensor,
         full: tuple[int, int],
@@ -230,8 +240,9 @@ class _Run:
 
     def plan_for(self, tile: int) -> list[Rect]:
         if tile not in self._plans:
-            frame = self.x[:, :, -1]
-            self._plans[tile] = self.owner.h.plan(self.program, frame, self.full, tile)
+            frame, config, align = self.x[:, :, -1], self.owner.h.config, self.program.align
+            cell = align if self.program.in_level == 0 else 1
+            self._plans[tile] = plan_for(config.planner, config.min_tile_size, frame, self.full, tile, align, cell)
         return self._plans[tile]
 
     def cores(self, stage: CausalStage, tile: int | None = None) -> list[tuple[Rect, Rect]]:

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import keys_and_values
+from ..attention import keys_and_values
+from ..geometry import Rect, level_sizes, output_extent, rect_at_level
+from ..policy import Progress
 from .budget import attention_bytes, step_bytes
-from .geometry import Rect, level_sizes, output_extent, rect_at_level
 from .groupnorm import GroupStats, group_norm_with_stats
 from .program import AttentionStep, Program, Step, WindowStep
-
-Progress = Callable[[int, int], None]
-"""``progress(done, total)`` after every tile."""
 
 
 @dataclass
@@ -248,6 +246,10 @@ class Engine:
             stats.add(y)
         self._tick()
         return dst
+
+    def halo(self) -> int:
+        """The widest context a step reads around a tile's core, in full-resolution pixels."""
+        return max((s.reach << s.level for s in self.program.window_steps()), default=0)
 
     def halo_overhead(self) -> float:
         """Extra input the tiles read (and recompute) over an untiled run, as a fraction.

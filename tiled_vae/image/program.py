@@ -12,13 +12,11 @@ and nothing holds a full-size activation on the compute device except the attent
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 
-Geometry = Literal["same", "up", "down"]
-LEVEL_CHANGE = {"same": 0, "up": -1, "down": 1}
+from ..geometry import LEVEL_CHANGE, Geometry
 
 
 @dataclass
@@ -106,7 +104,6 @@ class Program:
     out_level: int
     in_channels: int
     post: Callable[[torch.Tensor], torch.Tensor] | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def align(self) -> int:

@@ -19,12 +19,12 @@ is the middle block's attention, which runs untiled; everything else is exact wi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .program import LEVEL_CHANGE, Geometry
+from ..geometry import LEVEL_CHANGE, Geometry
 
 CACHE_T = 2
 """Frames of its input each causal 3x3x3 convolution keeps for the next chunk (all Wan VAEs)."""
@@ -90,7 +90,6 @@ class CausalProgram:
     in_channels: int
     call_args: tuple[str, ...] = ("feat_cache", "feat_idx")
     time_factor: int = 1
-    notes: list[str] = field(default_factory=list)
 
     @property
     def align(self) -> int:

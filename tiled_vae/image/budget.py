@@ -1,23 +1,12 @@
-"""How large a tile may be, and where the full-size activations are kept."""
+"""What the 2D path needs on the device: a tile's working set, the attention's keys and values, the store."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from ..policy import WORKSPACE_FACTOR, Needs
 from .groupnorm import CHUNKS
 from .program import AttentionStep, Program, WindowStep
-
-DEFAULT_CPU_TILE = 1024
-"""Tile side (full-resolution px) when no device memory figure is available (CPU runs)."""
-
-WORKSPACE_FACTOR = 1.5
-"""Allowance for convolution workspaces and allocator slack on top of the counted tensors.
-
-ComfyUI's tiled decode of one 512 px SDXL-class tile holds 386 MiB of tensors (counted with
-``benchmarks/tensor_memory.py``) and peaked at 0.53 GiB on an H100 (../shared/bench): a ratio of 1.4.
-"""
 
 
 def step_bytes(step: WindowStep, size: int) -> float:
@@ -73,23 +62,23 @@ def store_bytes(program: Program, batch: int, full: tuple[int, int], dtype: torc
     return worst * batch
 
 
-def tile_from_memory(free_bytes: int, per_pixel: float, align: int, fraction: float = 0.5) -> int:
-    """Largest aligned square tile whose working set fits in ``fraction`` of ``free_bytes``."""
-    side = int(math.sqrt(max(0.0, free_bytes * fraction) / per_pixel))
-    return max(align, side // align * align)
+def image_needs(program: Program, x: torch.Tensor, full: tuple[int, int], untiled: float | None) -> Needs:
+    """What a call of ``program`` on ``x`` needs on the device (see :class:`~..policy.Needs`).
 
-
-def oom_errors() -> tuple[type[BaseException], ...]:
-    """The exception types torch raises when the compute device runs out of memory."""
-    return tuple(e for e in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if e)
-
-
-def release_cached(device: torch.device) -> None:
-    """Return the allocator's cached blocks after an out-of-memory error, before a retry."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def halved(tile: int, align: int) -> int:
-    """Half the tile side, aligned down, never below ``align``: the next size after running out of memory."""
-    return max(align, tile // 2 // align * align)
+    Without the host's estimate, the untiled peak is taken as the heaviest step's working set over
+    the whole image plus the attention's keys and values.
+    """
+    size = torch.finfo(x.dtype).bits // 8
+    batch = x.shape[0]
+    per_pixel = bytes_per_pixel(program, batch, x.dtype)
+    keys_values = sum(
+        2 * (full[0] >> s.level) * (full[1] >> s.level) * s.channels * size * batch for s in program.attention_steps()
+    )
+    own = per_pixel * full[0] * full[1] + keys_values
+    return Needs(
+        untiled=own if untiled is None else untiled,
+        per_pixel=per_pixel,
+        fixed=keys_values,
+        store=store_bytes(program, batch, full, x.dtype),
+        source="counted" if untiled is None else "the host's estimate",
+    )

@@ -1,0 +1,80 @@
+"""The 2D path: one hooked call of an SD/SDXL/SD3/Flux encoder or decoder, untiled or through the engine."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..families import Family, Unsupported
+from ..planner import plan_for
+from ..policy import Context, Decision, Needs, decide, execute, summary
+from ..validation import check_input, checks_for, full_size
+from .budget import image_needs
+from .engine import Engine, RunOptions
+from .program import Program
+
+log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
+
+
+def run_image_call(ctx: Context, original: Callable[..., Any], family: Family, args: tuple, kwargs: dict) -> Any:
+    """Run one call of a 2D module: checks first, then the policy's decision, with the report filled
+    and one log line."""
+    report = ctx.report
+    if ctx.config.mode == "untiled":
+        out = ctx.run_untiled(original, "mode is 'untiled'", args, kwargs)
+        log.info(summary(family.role, report))
+        return out
+    if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
+        out = ctx.run_untiled(original, "the call passes arguments the tiled path does not take", args, kwargs)
+        log.info(summary(family.role, report))
+        return out
+    try:
+        program = family.build(original.__self__)
+    except Unsupported as e:
+        out = ctx.run_untiled(original, f"{family.name} cannot be tiled: {e}", args, kwargs)
+        log.warning(summary(family.role, report))
+        return out
+    x = args[0]
+    check_input(x, program, family, **checks_for(family))
+    full = full_size(program, x)
+    estimate = ctx.untiled_memory(x) if ctx.untiled_memory is not None else None
+    needs = image_needs(program, x, full, estimate)
+    free = ctx.free_memory(x.device)
+    decision = decide(ctx.config, full, program.align, needs, free)
+    report.free, report.needs, report.reason = free, needs, decision.reason
+
+    def untiled() -> Any:
+        report.tiled = False
+        return original(x)
+
+    def tiled(tile: int) -> torch.Tensor:
+        return _run_engine(ctx, program, x, full, tile, decision)
+
+    out = execute(decision, untiled, tiled, full, program.align, x.device, report)
+    log.info(summary(family.role, report))
+    return out
+
+
+def _run_engine(
+    ctx: Context, program: Program, x: torch.Tensor, full: tuple[int, int], tile: int, decision: Decision
+) -> torch.Tensor:
+    """Run the engine on ``tile`` px tiles (the report says so)."""
+    report = ctx.report
+    store = x.device if decision.store_budget >= _store_need(report.needs) else torch.device("cpu")
+    cell = program.align if program.in_level == 0 else 1
+    plan = plan_for(ctx.config.planner, ctx.config.min_tile_size, x, full, tile, program.align, cell)
+    report.tiled, report.tile_size, report.plan, report.store = True, tile, plan, str(store)
+    options = RunOptions(x.device, store, ctx.progress, ctx.check_interrupt)
+    engine = Engine(program, plan, full, options, x.dtype)
+    with torch.no_grad():  # never keep an autograd graph across tiles
+        out = engine.run(x)
+    report.halo, report.halo_overhead = engine.halo(), engine.halo_overhead()
+    return out
+
+
+def _store_need(needs: Needs | None) -> float:
+    return needs.store if needs is not None else math.inf
