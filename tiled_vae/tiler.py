@@ -11,7 +11,7 @@ import torch
 
 from .families import LOOKED_FOR, Unsupported, detect
 from .geometry import Rect
-from .hook import ForwardHook
+from .hook import Hooks, MethodHook
 from .image.calls import run_image_call
 from .planner import plan_for
 from .policy import (
@@ -29,7 +29,7 @@ log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
 
 
 class TiledForward:
-    """A :class:`~.hook.ForwardHook` handler that runs a VAE encoder or decoder tile by tile.
+    """A :class:`~.hook.MethodHook` handler that runs a VAE encoder or decoder tile by tile.
 
     It returns what the untiled module returns (up to float rounding). 2D modules go to the image
     path (:mod:`.image.calls`), causal video modules called chunk by chunk to the chunk path
@@ -129,6 +129,44 @@ def in_image_pixels(config: TilingConfig, module: torch.nn.Module, image_ratio: 
     return replace(config, tile_size=config.tile_size // fold, min_tile_size=config.min_tile_size // fold)
 
 
-def tiled(module: torch.nn.Module, config: TilingConfig, **kwargs: Any) -> ForwardHook:
-    """A hook (use it in ``with``) that tiles every call of ``module`` until the block ends."""
-    return ForwardHook(module, TiledForward(config, **kwargs))
+def _targets(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """What :func:`tiled` hooks for ``module``: itself when it is an encoder or decoder of a known
+    family (or nothing else matches), else those of its ``encoder`` and ``decoder`` that are."""
+    if detect(module) is not None:
+        return [module]
+    parts = [getattr(module, name, None) for name in ("encoder", "decoder")]
+    known = [m for m in parts if isinstance(m, torch.nn.Module) and detect(m) is not None]
+    return known or [module]
+
+
+def tiled(module: torch.nn.Module, config: TilingConfig, **kwargs: Any) -> Hooks:
+    """Hooks (use them in ``with``) that tile every call of ``module`` until the block ends.
+
+    ``module`` is an encoder or decoder, or a whole VAE (ComfyUI's ``first_stage_model``, a
+    diffusers autoencoder) whose ``encoder`` and ``decoder`` are then hooked. ``kwargs`` go to
+    :class:`TiledForward`; the hooks' ``handler`` is that object (its ``report`` says what ran).
+    """
+    handler = TiledForward(config, **kwargs)
+    return Hooks(handler, [MethodHook(m, handler) for m in _targets(module)])
+
+
+def check_call(module: torch.nn.Module, x: torch.Tensor, role: str) -> None:
+    """Raise ValueError, saying what to do, when ``x`` cannot go through ``module``'s ``role``
+    (``"decode"`` or ``"encode"``): wrong rank or channels, too small, NaN or inf. ``module`` is an
+    encoder or decoder or a whole VAE. Nothing runs; call it before any host code that could fail
+    on bad input (memory estimates included). Modules of no known family get the NaN check only.
+    """
+    part = "decoder" if role == "decode" else "encoder"
+    target = module if detect(module) is not None else getattr(module, part, None)
+    family = detect(target) if isinstance(target, torch.nn.Module) else None
+    program = None
+    if family is not None:
+        try:
+            program = family.build(target)
+        except Unsupported:
+            program = None
+    if family is None or program is None:
+        if not torch.isfinite(x).all():
+            raise ValueError(f"the {role} input contains NaN or infinite values; check the node that made it")
+        return
+    check_input(x, program, family, **checks_for(family))

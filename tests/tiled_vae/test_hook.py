@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from quadtree_tile.tiled_vae import ForwardHook, TilingConfig, tiled
+from quadtree_tile.tiled_vae import MethodHook, TilingConfig, tiled
 from vae_models import comfy_pair
 
 
@@ -72,7 +72,7 @@ def test_existing_instance_forward_is_restored():
         return x + 1
 
     m.forward = other_pack_forward
-    with ForwardHook(m, lambda original, x: original(x) * 10):
+    with MethodHook(m, lambda original, x: original(x) * 10):
         assert torch.equal(m(torch.zeros(1)), torch.full((1,), 10.0))
     assert m.forward is other_pack_forward
 
