@@ -1,8 +1,9 @@
-"""Test helpers: the Qwen2.5 tokenizer from the shared vocabulary, images, checkpoint headers.
+"""Test helpers: the Qwen2.5 tokenizer, images, checkpoint headers.
 
 The tokenizer is built with the ``tokenizers`` package (the engine transformers' Qwen2Tokenizer
-runs on) from ``../shared/data/qwen25_tokenizer`` — the vocab.json / merges.txt ComfyUI bundles —
-with Qwen2's pre-tokenizer settings, so it gives the ids ComfyUI's and diffusers' tokenizer give.
+runs on) from ``tests/data/qwen25_tokenizer`` (the vocab.json / merges.txt ComfyUI bundles, with
+their licence) and Qwen2's pre-tokenizer settings, so it gives the ids ComfyUI's and diffusers'
+tokenizer give.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import pathlib
 
 import torch
 
-PACK_ROOT = pathlib.Path(__file__).resolve().parents[2]
-TOKENIZER_DIR = PACK_ROOT.parent / "shared" / "data" / "qwen25_tokenizer"
+TOKENIZER_DIR = pathlib.Path(__file__).resolve().parents[1] / "data" / "qwen25_tokenizer"
 
 # Qwen2's pre-tokenizer split pattern (a property of the model's tokenizer, as published with it).
 QWEN2_SPLIT = (
@@ -54,14 +54,9 @@ class QwenTokenizer:
 
 
 def qwen_tokenizer() -> QwenTokenizer:
-    """The shared Qwen2.5 tokenizer; skips the test with the reason when it cannot be built."""
-    import pytest
-
+    """The Qwen2.5 tokenizer of ``tests/data``, built once per session."""
     global _TOKENIZER
     if _TOKENIZER is None:
-        if not (TOKENIZER_DIR / "vocab.json").is_file():
-            pytest.skip(f"Qwen2.5 tokenizer files not found in {TOKENIZER_DIR} (../shared/data is absent)")
-        pytest.importorskip("tokenizers", reason="the 'tokenizers' test extra is not installed")
         _TOKENIZER = QwenTokenizer(TOKENIZER_DIR)
     return _TOKENIZER
 
