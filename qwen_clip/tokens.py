@@ -10,19 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-ENDOFTEXT = 151643
 IM_START = 151644
 IM_END = 151645
-VISION_START = 151652
-VISION_END = 151653
 IMAGE_PAD = 151655
 USER = 872
+ASSISTANT = 77091
 NEWLINE = 198
 
 STOCK_DROP = {"text-to-image": 34, "edit": 64, "edit-plus": 64}
 """The drop points DiffSynth-Studio and diffusers hard-code for the stock templates."""
 
-TAIL = (IM_END, NEWLINE, IM_START, 77091, NEWLINE)
+TAIL = (IM_END, NEWLINE, IM_START, ASSISTANT, NEWLINE)
 """``<|im_end|>\\n<|im_start|>assistant\\n``: the last five ids of every template, kept after the drop."""
 
 
