@@ -19,9 +19,11 @@ import torch
 from .config import TeaCacheConfig
 from .run import CallContext, TeaCacheRun
 
-KEY = "quadtree_tile_teacache"
-CONFIG_KEY = "quadtree_tile_teacache"
+TEACACHE_KEY = "quadtree_tile_teacache"
+"""This pack's key in a patched model's options: its wrappers' key and the ``transformer_options``
+entry that holds the node's :class:`TeaCacheConfig`."""
 RUN_KEY = "quadtree_tile_teacache_run"
+"""The ``transformer_options`` entry that holds the :class:`TeaCacheRun` of the run in progress."""
 OUTER_SAMPLE = "outer_sample"  # comfy.patcher_extension.WrappersMP.OUTER_SAMPLE
 DIFFUSION_MODEL = "diffusion_model"  # comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
 
@@ -101,8 +103,8 @@ def diffusion_model_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
         run.end_call(call, out)
 
 
-def describe_run(guider: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """What a calibration record should say about the run: steps, sampler, cfg, shift, size, dtype."""
+def sampling_details(guider: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """What a calibration record says about the sampling run: steps, sampler, cfg, shift, size, dtype."""
     names = ("noise", "latent_image", "sampler", "sigmas")
     a = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k in names}
     out: dict[str, Any] = {}
@@ -150,11 +152,11 @@ def outer_sample_wrapper(executor: Any, *args: Any, **kwargs: Any) -> Any:
     run = None
     try:
         t_o = guider.model_options.setdefault("transformer_options", {})
-        config = t_o.get(CONFIG_KEY)
+        config = t_o.get(TEACACHE_KEY)
         if isinstance(config, TeaCacheConfig):
             sigmas = args[3] if len(args) > 3 else kwargs["sigmas"]
-            describe = describe_run(guider, args, kwargs) if config.mode == "calibrate" else None
-            run = TeaCacheRun(config, sigmas.reshape(-1).tolist(), describe)
+            sampling = sampling_details(guider, args, kwargs) if config.mode == "calibrate" else None
+            run = TeaCacheRun(config, sigmas.reshape(-1).tolist(), sampling)
             t_o[RUN_KEY] = run
         return executor(*args, **kwargs)
     finally:
@@ -179,7 +181,7 @@ def apply_teacache(patcher: Any, config: TeaCacheConfig) -> Any:
             previous = previous.previous
         m.set_model_patch_replace(BlockPatch(i, i == n_blocks - 1, previous), "dit", "double_block", i)
     for kind, fn in ((OUTER_SAMPLE, outer_sample_wrapper), (DIFFUSION_MODEL, diffusion_model_wrapper)):
-        m.remove_wrappers_with_key(kind, KEY)
-        m.add_wrapper_with_key(kind, KEY, fn)
-    m.model_options.setdefault("transformer_options", {})[CONFIG_KEY] = config
+        m.remove_wrappers_with_key(kind, TEACACHE_KEY)
+        m.add_wrapper_with_key(kind, TEACACHE_KEY, fn)
+    m.model_options.setdefault("transformer_options", {})[TEACACHE_KEY] = config
     return m

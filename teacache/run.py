@@ -48,11 +48,11 @@ class CallContext:
 class TeaCacheRun:
     """State of one sampling run; free of tensors after :meth:`close`."""
 
-    def __init__(self, config: TeaCacheConfig, schedule: list[float], describe: dict[str, Any] | None = None) -> None:
+    def __init__(self, config: TeaCacheConfig, schedule: list[float], sampling: dict[str, Any] | None = None) -> None:
         self.config = config
         self.schedule = [float(s) for s in schedule]
         self.steps = max(len(self.schedule) - 1, 0)
-        self.describe = dict(describe or {})
+        self.sampling = dict(sampling or {})
         self.calibrating = config.mode == "calibrate"
         self.label = "calibration" if self.calibrating else config.rescale.label
         self.disabled: str | None = None
@@ -289,7 +289,7 @@ class TeaCacheRun:
         run = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             **dict(self.config.provenance),
-            **self.describe,
+            **self.sampling,
             "records": self.records,
         }
         n_runs = append_run(self.config.record_path, run)

@@ -9,7 +9,7 @@ import weakref
 import pytest
 import torch
 from harness import make_conds, make_patcher, sample, teacache
-from quadtree_tile.teacache.hooks import CONFIG_KEY, RUN_KEY, TeaCacheRun
+from quadtree_tile.teacache.hooks import RUN_KEY, TEACACHE_KEY, TeaCacheRun
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_clones_do_not_share_state_and_reapplying_replaces(patcher, conds):
     ref, _ = sample(patcher, conds)
     assert torch.equal(sample(exact, conds)[0], ref)
     assert torch.equal(sample(fast, conds)[0], first)  # a second run starts fresh
-    assert fast.model_options["transformer_options"][CONFIG_KEY].threshold == 0.5
+    assert fast.model_options["transformer_options"][TEACACHE_KEY].threshold == 0.5
     assert RUN_KEY not in fast.model_options["transformer_options"]
     assert "patches_replace" not in patcher.model_options["transformer_options"]
     assert not patcher.wrappers
