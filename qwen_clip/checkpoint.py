@@ -103,8 +103,17 @@ def _layer_numbers(keys: set[str], prefix: str) -> set[int]:
     return {int(m.group(1)) for k in keys if (m := pat.match(k))}
 
 
-def _what_else(keys: set[str], header: dict[str, TensorEntry], shard: bool) -> str | None:
-    """A user-facing name for a file that is not a ComfyUI-layout Qwen2.5-VL-7B text encoder."""
+_QWEN2_KV = re.compile(r"model\.layers\.\d+\.self_attn\.k_proj\.bias")
+"""A Qwen2/2.5 language-model layer's key bias: the one key every Qwen2 text model has and no other
+family in ComfyUI's layout does (Llama-style and Qwen3 models have no attention biases)."""
+
+
+def _not_qwen2(keys: set[str], shard: bool) -> str | None:
+    """What a file that is not a Qwen2/2.5 text model in ComfyUI's layout looks like; None when it is one.
+
+    A shard of a sharded checkpoint may hold no language layer at all; it is passed on (None) so
+    that the completeness check calls it a shard.
+    """
 
     def has(fragment: str) -> bool:
         return any(fragment in k for k in keys)
@@ -115,31 +124,48 @@ def _what_else(keys: set[str], header: dict[str, TensorEntry], shard: bool) -> s
             f"{kind} saved in the newer transformers layout (model.language_model.*), which ComfyUI's "
             "Qwen-Image encoder does not read"
         )
-    kv = [e.shape for k, e in header.items() if k.endswith("self_attn.k_proj.bias")]
-    if kv and kv[0] != (QWEN_KV_WIDTH,):
-        size = "Qwen2.5-3B (the OmniGen2 text encoder)" if kv[0] == (256,) else "a Qwen2-family model of another size"
-        return f"{size}: k_proj.bias is {list(kv[0])} wide, Qwen2.5-VL-7B's is [{QWEN_KV_WIDTH}]"
     if has(".q_norm.") and has("model.layers."):
         return "a Qwen3 language model (e.g. the Z-Image or Qwen3-VL text encoder)"
+    if any(_QWEN2_KV.fullmatch(k) for k in keys):
+        return None
     if has("encoder.block.") and has("SelfAttention"):
         return "a T5 text encoder (Flux, SD3, Wan, ...)"
     if has("text_model.encoder.layers.") or has("transformer.resblocks."):
-        return "a CLIP text encoder"
+        return "a CLIP text encoder (e.g. clip_l or clip_g of SD, SDXL, Flux)"
     if has("post_feedforward_layernorm"):
         return "a Gemma text encoder (Lumina 2)"
-    if has("model.layers.") and not kv and not shard and 0 in _layer_numbers(keys, "model.layers."):
+    if has("model.layers.") and not shard and 0 in _layer_numbers(keys, "model.layers."):
         return "a Llama-style text encoder without attention biases (HiDream, HunyuanVideo)"
     if has("transformer_blocks.") or has("img_in.") or has("double_blocks."):
         return "a diffusion model, not a text encoder (it belongs in models/diffusion_models)"
     if has("decoder.") and has("encoder."):
         return "a VAE, not a text encoder (it belongs in models/vae)"
-    return None
+    if shard:
+        return None
+    return (
+        f"not a Qwen2/2.5 text model (none of its {len(keys)} tensors is a language-model layer "
+        "model.layers.N.self_attn.k_proj.bias)"
+    )
+
+
+def _other_size(header: dict[str, TensorEntry]) -> str | None:
+    """How a Qwen2/2.5 text model of another size than 7B differs; None when its key width is 7B's."""
+    widths = {e.shape for k, e in header.items() if _QWEN2_KV.fullmatch(k)}
+    wrong = sorted(w for w in widths if w != (QWEN_KV_WIDTH,))
+    if not wrong:
+        return None
+    size = "Qwen2.5-3B (the OmniGen2 text encoder)" if wrong[0] == (256,) else "a Qwen2-family model of another size"
+    return f"{size}: k_proj.bias is {list(wrong[0])} wide, Qwen2.5-VL-7B's is [{QWEN_KV_WIDTH}]"
 
 
 def inspect_qwen_checkpoint(
     path: str, layers: int = QWEN_LAYERS, vision_blocks: int = QWEN_VISION_BLOCKS
 ) -> TextEncoderInfo:
     """Check that ``path`` is a complete ComfyUI-layout Qwen2.5-VL-7B text encoder; say what it is if not.
+
+    In this order: is it a Qwen2/2.5 text model at all (else it names what the file looks like,
+    e.g. a CLIP text encoder), is it the 7B size, are all its language layers there, and is its
+    vision tower whole.
 
     ``layers`` is the language-model depth ComfyUI will build (28 unless a config override says
     otherwise). The vision tower (``visual.*``) is optional: without it text-to-image works and an
@@ -151,7 +177,7 @@ def inspect_qwen_checkpoint(
     header = read_header(path)
     keys = set(header)
     shard = re.search(r"-\d+-of-\d+", name) is not None
-    other = _what_else(keys, header, shard)
+    other = _not_qwen2(keys, shard) or _other_size(header)
     if other is not None:
         raise ValueError(f"{name} is {other}, not the Qwen2.5-VL-7B text encoder Qwen-Image needs. {SINGLE_FILE_HINT}")
     required = ["model.embed_tokens.weight", "model.norm.weight"] + [
@@ -165,9 +191,6 @@ def inspect_qwen_checkpoint(
             f"Qwen2.5-VL-7B are missing (first: {missing[0]}). ComfyUI would fill them with uninitialised "
             f"memory. {SINGLE_FILE_HINT}"
         )
-    kv = header["model.layers.0.self_attn.k_proj.bias"].shape
-    if kv != (QWEN_KV_WIDTH,):
-        raise ValueError(f"{name}: k_proj.bias is {list(kv)} wide, not [{QWEN_KV_WIDTH}]. {SINGLE_FILE_HINT}")
     vision = [k for k in keys if k.startswith("visual.")]
     if vision:
         wanted = list(_VISION_OTHER_KEYS) + [

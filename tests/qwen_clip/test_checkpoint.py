@@ -40,12 +40,14 @@ def test_a_shard_is_called_a_shard(tmp_path):
         inspect_qwen_checkpoint(str(path))
 
 
-def _other_family(tmp_path, keys):
+def _other_family(tmp_path, shapes, name="other.safetensors"):
     import torch
     from safetensors.torch import save_file
 
-    path = tmp_path / "other.safetensors"
-    save_file({k: torch.zeros(2) for k in keys}, str(path))
+    if not isinstance(shapes, dict):
+        shapes = {k: (2,) for k in shapes}
+    path = tmp_path / name
+    save_file({k: torch.zeros(s) for k, s in shapes.items()}, str(path))
     with pytest.raises(ValueError, match="not the Qwen2.5-VL-7B text encoder") as e:
         inspect_qwen_checkpoint(str(path))
     return str(e.value)
@@ -63,6 +65,23 @@ def test_other_families_are_named(tmp_path):
     assert "Llama-style" in _other_family(tmp_path, ["model.layers.0.post_attention_layernorm.weight"])
     assert "VAE" in _other_family(tmp_path, ["decoder.conv_in.weight", "encoder.conv_in.weight"])
     assert "diffusion model" in _other_family(tmp_path, ["transformer_blocks.0.attn.to_q.weight"])
+    unknown = _other_family(tmp_path, ["lora_unet_blocks.weight", "lora_unet_blocks.alpha"])
+    assert "not a Qwen2/2.5 text model (none of its 2 tensors" in unknown
+
+
+def test_a_clip_text_encoder_is_called_one_not_a_qwen_of_another_size(tmp_path):
+    # ComfyUI's clip_l layout: its attention has biases too, [768] wide (the case a user met: it was
+    # called "a Qwen2-family model of another size")
+    shapes = {
+        f"text_model.encoder.layers.{i}.self_attn.{p}_proj.{t}": (768, 768) if t == "weight" else (768,)
+        for i in range(2)
+        for p in ("q", "k", "v")
+        for t in ("weight", "bias")
+    }
+    shapes["text_model.embeddings.token_embedding.weight"] = (8, 768)
+    message = _other_family(tmp_path, shapes, "clip_l.safetensors")
+    assert message.startswith("clip_l.safetensors is a CLIP text encoder")
+    assert "another size" not in message and "k_proj" not in message
 
 
 def test_not_safetensors(tmp_path):
