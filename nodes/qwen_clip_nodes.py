@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..qwen_clip import PRESETS, TextEncoderInfo, describe, finish_tokens, inspect_qwen_checkpoint, plan_encode
+from ..qwen_clip import PRESETS, TextEncoderInfo, encode_info, finish_tokens, inspect_qwen_checkpoint, prepare_encode
 from ..qwen_clip.checkpoint import QWEN_LAYERS, SINGLE_FILE_HINT
 from ..qwen_clip.templates import Mode
 from ..qwen_clip.tokens import IMAGE_PAD
@@ -260,11 +260,11 @@ class QwenImageTextEncode:
         with_vae = vae is not None and Mode(mode) is not Mode.T2I
         if with_vae:
             _check_vae(vae)
-        plan = plan_encode(preset, mode, prompt, given, system_prompt, with_vae=with_vae)
-        if plan.images:
+        prepared = prepare_encode(preset, mode, prompt, given, system_prompt, with_vae=with_vae)
+        if prepared.images:
             require_vision(clip)
-        tokens = finish_tokens(plan, tokenizer(plan.text)["input_ids"])
-        pictures = iter(plan.images)
+        tokens = finish_tokens(prepared, tokenizer(prepared.text)["input_ids"])
+        pictures = iter(prepared.images)
         pairs = [
             ({"type": "image", "data": next(pictures).vision, "original_type": "image"}, 1.0)
             if t == IMAGE_PAD
@@ -279,11 +279,11 @@ class QwenImageTextEncode:
                     f"{tokens.expected_length} (drop {tokens.drop}). This ComfyUI version handles the Qwen "
                     "template differently; please report it with the info output."
                 )
-        info = describe(plan, tokens)
+        info = encode_info(prepared, tokens)
         if with_vae:
             import node_helpers
 
-            latents = [vae.encode(im.vae) for im in plan.images]
+            latents = [vae.encode(im.vae) for im in prepared.images]
             conditioning = node_helpers.conditioning_set_values(
                 conditioning, {"reference_latents": latents}, append=True
             )

@@ -6,8 +6,8 @@ layer (``nodes/qwen_clip_nodes.py``) tokenizes with the CLIP's own tokenizer and
 """
 
 from .checkpoint import TextEncoderInfo, inspect_qwen_checkpoint, read_header
-from .encode import EncodePlan, TokenPlan, describe, finish_tokens, plan_encode
-from .resize import PRESETS, ImagePlan, Preset, plan_image, prepare_image, smart_resize, target_size
+from .encode import PreparedEncode, TokenLayout, encode_info, finish_tokens, prepare_encode
+from .resize import PRESETS, ImageSizes, Preset, image_sizes, prepare_image, smart_resize, target_size
 from .templates import EDIT_PLUS_TEMPLATE, EDIT_TEMPLATE, PICTURE_LABEL, T2I_TEMPLATE, Mode, build_prompt
 from .tokens import STOCK_DROP, drop_index, image_slots
 
@@ -18,20 +18,20 @@ __all__ = [
     "PRESETS",
     "STOCK_DROP",
     "T2I_TEMPLATE",
-    "EncodePlan",
-    "ImagePlan",
+    "ImageSizes",
     "Mode",
+    "PreparedEncode",
     "Preset",
     "TextEncoderInfo",
-    "TokenPlan",
+    "TokenLayout",
     "build_prompt",
-    "describe",
     "drop_index",
+    "encode_info",
     "finish_tokens",
+    "image_sizes",
     "image_slots",
     "inspect_qwen_checkpoint",
-    "plan_encode",
-    "plan_image",
+    "prepare_encode",
     "prepare_image",
     "read_header",
     "smart_resize",

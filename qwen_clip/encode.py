@@ -1,6 +1,6 @@
 """Everything an encode needs before and after the tokenizer, independent of the host.
 
-:func:`plan_encode` checks the mode against the images, resizes them the preset's way and builds
+:func:`prepare_encode` checks the mode against the images, resizes them the preset's way and builds
 the chat text. :func:`finish_tokens` takes the ids the host's tokenizer made from that text,
 finds the drop point, applies the preset's length limit and says how long the conditioning must
 come out, so the host layer can check what the encoder returned instead of trusting it.
@@ -22,8 +22,8 @@ log = logging.getLogger("comfyui-quadtree-tile.qwen_clip")
 
 
 @dataclass(frozen=True)
-class EncodePlan:
-    """The chat text and resized images of one encode."""
+class PreparedEncode:
+    """One encode's checked inputs, ready for the tokenizer: the chat text and the resized images."""
 
     preset: Preset
     mode: Mode
@@ -35,8 +35,8 @@ class EncodePlan:
 
 
 @dataclass(frozen=True)
-class TokenPlan:
-    """The ids to encode and what the encoder must return for them."""
+class TokenLayout:
+    """The ids to encode, where the template part ends and how long the encoder's output must be."""
 
     ids: tuple[int, ...]
     drop: int
@@ -60,14 +60,14 @@ def _check_image(name: str, image: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite pixel values.")
 
 
-def plan_encode(
+def prepare_encode(
     preset: str,
     mode: str,
     prompt: str,
     images: Sequence[tuple[str, torch.Tensor]] = (),
     system_prompt: str = "",
     with_vae: bool = False,
-) -> EncodePlan:
+) -> PreparedEncode:
     """Check the inputs, resize the images and build the chat text of one encode.
 
     ``images`` are the connected image inputs as (input name, IMAGE) pairs in slot order;
@@ -101,52 +101,52 @@ def plan_encode(
     prepared = tuple(prepare_image(p, mode, image[0], with_vae) for _, image in images)
     custom = system_prompt if system_prompt.strip() else None  # blank means the model's own
     text = build_prompt(mode, prompt, len(prepared), custom)
-    return EncodePlan(p, mode, text, prepared, tuple(names), custom is not None)
+    return PreparedEncode(p, mode, text, prepared, tuple(names), custom is not None)
 
 
-def finish_tokens(plan: EncodePlan, ids: Sequence[int]) -> TokenPlan:
-    """Drop point, length limit and expected conditioning length for the ids of ``plan.text``."""
+def finish_tokens(prepared: PreparedEncode, ids: Sequence[int]) -> TokenLayout:
+    """Drop point, length limit and expected conditioning length for the ids of ``prepared.text``."""
     ids = tuple(int(t) for t in ids)
     slots = image_slots(ids)
-    if len(slots) != len(plan.images):
+    if len(slots) != len(prepared.images):
         raise RuntimeError(
-            f"The tokenizer made {len(slots)} image slot(s) for {len(plan.images)} image(s); the tokenizer "
+            f"The tokenizer made {len(slots)} image slot(s) for {len(prepared.images)} image(s); the tokenizer "
             "attached to this CLIP is not the Qwen2.5 one."
         )
     drop = drop_index(ids)
-    if not plan.custom_system and drop != STOCK_DROP[plan.mode.value]:
+    if not prepared.custom_system and drop != STOCK_DROP[prepared.mode.value]:
         raise RuntimeError(
-            f"The stock {plan.mode.value} template tokenized to a drop point of {drop}, not "
-            f"{STOCK_DROP[plan.mode.value]}; the tokenizer attached to this CLIP is not the Qwen2.5 one."
+            f"The stock {prepared.mode.value} template tokenized to a drop point of {drop}, not "
+            f"{STOCK_DROP[prepared.mode.value]}; the tokenizer attached to this CLIP is not the Qwen2.5 one."
         )
     truncated = 0
-    limit = plan.preset.t2i_max_tokens
-    if plan.mode is Mode.T2I and limit is not None and len(ids) - drop > limit:
+    limit = prepared.preset.t2i_max_tokens
+    if prepared.mode is Mode.T2I and limit is not None and len(ids) - drop > limit:
         truncated = len(ids) - drop - limit
         ids = ids[: drop + limit]
         log.warning(
             "Prompt is %d tokens; preset %s keeps the first %d (the model was trained on up to 512); "
             "%d tokens were cut. Choose preset comfy to keep them all.",
             limit + truncated,
-            plan.preset.name,
+            prepared.preset.name,
             limit,
             truncated,
         )
-    vision = sum(im.plan.vision_tokens - 1 for im in plan.images)
-    return TokenPlan(ids, drop, len(ids) - drop + vision, truncated)
+    vision = sum(im.sizes.vision_tokens - 1 for im in prepared.images)
+    return TokenLayout(ids, drop, len(ids) - drop + vision, truncated)
 
 
-def describe(plan: EncodePlan, tokens: TokenPlan) -> str:
+def encode_info(prepared: PreparedEncode, tokens: TokenLayout) -> str:
     """A few lines for the user: token counts, the drop point and each image's sizes."""
     lines = [
-        f"preset {plan.preset.name}, mode {plan.mode.value}"
-        + (", custom system prompt" if plan.custom_system else "")
+        f"preset {prepared.preset.name}, mode {prepared.mode.value}"
+        + (", custom system prompt" if prepared.custom_system else "")
         + f": {len(tokens.ids)} ids, drop {tokens.drop}, conditioning {tokens.expected_length} tokens"
         + (f", {tokens.truncated} prompt tokens cut by the preset's limit" if tokens.truncated else "")
     ]
-    for k, (name, im) in enumerate(zip(plan.slots, plan.images, strict=True), start=1):
-        p = im.plan
-        label = f"Picture {k} ({name})" if plan.mode is Mode.EDIT_PLUS else name
+    for k, (name, im) in enumerate(zip(prepared.slots, prepared.images, strict=True), start=1):
+        p = im.sizes
+        label = f"Picture {k} ({name})" if prepared.mode is Mode.EDIT_PLUS else name
         lines.append(
             f"{label}: {p.source[0]}x{p.source[1]} -> vision {p.vision[0]}x{p.vision[1]} -> "
             f"{p.vision_grid[0]}x{p.vision_grid[1]} ({p.vision_tokens} tokens); VAE copy {p.vae[0]}x{p.vae[1]}"

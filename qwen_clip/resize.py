@@ -99,7 +99,7 @@ def smart_resize(width: int, height: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class ImagePlan:
+class ImageSizes:
     """Sizes (width, height) one edit image goes through; all derived from the input size."""
 
     source: tuple[int, int]
@@ -135,7 +135,7 @@ def check_image_size(width: int, height: int, where: str) -> None:
         )
 
 
-def plan_image(preset: Preset, mode: Mode, width: int, height: int) -> ImagePlan:
+def image_sizes(preset: Preset, mode: Mode, width: int, height: int) -> ImageSizes:
     """The sizes of the VAE and vision copies of a ``width`` x ``height`` edit image."""
     mode = Mode(mode)
     if mode is Mode.EDIT:
@@ -147,7 +147,7 @@ def plan_image(preset: Preset, mode: Mode, width: int, height: int) -> ImagePlan
         vision = target_size(preset, EDIT_PLUS_VL_AREA, preset.plus_vl_multiple, *base)
     else:
         raise ValueError("Text-to-image takes no images.")
-    return ImagePlan((width, height), vae, vision, smart_resize(*vision))
+    return ImageSizes((width, height), vae, vision, smart_resize(*vision))
 
 
 _PIL_FILTERS = {"bicubic": "BICUBIC", "lanczos": "LANCZOS"}
@@ -180,7 +180,7 @@ def resample(image: torch.Tensor, size: tuple[int, int], method: str) -> torch.T
 class PreparedImage:
     """One edit image resized for the vision tower and (optionally) the VAE."""
 
-    plan: ImagePlan
+    sizes: ImageSizes
     vision: torch.Tensor
     """(1, H, W, 3) in 0..1, ready for ComfyUI's tokenizer."""
     vae: torch.Tensor | None
@@ -191,13 +191,13 @@ def prepare_image(preset: Preset, mode: Mode, image: torch.Tensor, with_vae: boo
     """Resize one (H, W, C) image the way ``preset`` does for ``mode``."""
     height, width = int(image.shape[0]), int(image.shape[1])
     mode = Mode(mode)
-    plan = plan_image(preset, mode, width, height)
+    sizes = image_sizes(preset, mode, width, height)
     need_vae_copy = with_vae or mode is Mode.EDIT or preset.vl_from_vae_copy
-    vae_copy = resample(image, plan.vae, preset.resample) if need_vae_copy else None
+    vae_copy = resample(image, sizes.vae, preset.resample) if need_vae_copy else None
     if mode is Mode.EDIT:
         vision = vae_copy
     else:
-        vision = resample(vae_copy if preset.vl_from_vae_copy else image, plan.vision, preset.resample)
+        vision = resample(vae_copy if preset.vl_from_vae_copy else image, sizes.vision, preset.resample)
     if preset.snap_vl:
-        vision = resample(vision, plan.vision_grid, "bicubic")
-    return PreparedImage(plan, vision[None], vae_copy[None] if with_vae else None)
+        vision = resample(vision, sizes.vision_grid, "bicubic")
+    return PreparedImage(sizes, vision[None], vae_copy[None] if with_vae else None)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from quadtree_tile.qwen_clip import PRESETS, Mode, plan_image, prepare_image, smart_resize
-from quadtree_tile.qwen_clip.encode import plan_encode
+from quadtree_tile.qwen_clip import PRESETS, Mode, image_sizes, prepare_image, smart_resize
+from quadtree_tile.qwen_clip.encode import prepare_encode
 from qwen_clip_helpers import image
 
 # input (w, h) -> sizes as (w, h); "grid" is the vision copy after the 28-px snap, "tok" its vision tokens.
@@ -48,7 +48,7 @@ GOLDEN = {
 @pytest.mark.parametrize("preset,mode", list(GOLDEN))
 def test_golden_sizes(preset, mode):
     for (w, h), want in GOLDEN[(preset, mode)].items():
-        p = plan_image(PRESETS[preset], Mode(mode), w, h)
+        p = image_sizes(PRESETS[preset], Mode(mode), w, h)
         got = dict(vae=p.vae, grid=p.vision_grid, tok=p.vision_tokens)
         if "vision" in want:
             got["vision"] = p.vision
@@ -61,11 +61,11 @@ def test_golden_sizes(preset, mode):
 
 def test_diffsynth_equals_diffusers_sizes_and_makes_the_plus_vision_copy_from_the_vae_copy():
     for w, h in GOLDEN[("diffusers", "edit-plus")]:
-        ds, df = (plan_image(PRESETS[n], Mode.EDIT_PLUS, w, h) for n in ("diffsynth", "diffusers"))
+        ds, df = (image_sizes(PRESETS[n], Mode.EDIT_PLUS, w, h) for n in ("diffsynth", "diffusers"))
         assert (ds.vae, ds.vision, ds.vision_grid) == (df.vae, df.vision, df.vision_grid)
     # 3000x200: the 1024² copy (3968x256) has another aspect ratio than the input, so the chained
     # ~384² copy differs from one made from the original.
-    ds, df = (plan_image(PRESETS[n], Mode.EDIT_PLUS, 3000, 200) for n in ("diffsynth", "diffusers"))
+    ds, df = (image_sizes(PRESETS[n], Mode.EDIT_PLUS, 3000, 200) for n in ("diffsynth", "diffusers"))
     assert ds.vae == df.vae == (3968, 256)
     assert (ds.vision, df.vision) == ((1504, 96), (1472, 96))
 
@@ -85,7 +85,7 @@ def _exact_uint8(t):
 def test_pil_presets_resize_like_pil_and_pre_snap_the_vision_copy(preset):
     img = image(320, 200, seed=3)
     prepared = prepare_image(PRESETS[preset], Mode.EDIT_PLUS, img[0], with_vae=True)
-    p = prepared.plan
+    p = prepared.sizes
     assert prepared.vae.shape == (1, p.vae[1], p.vae[0], 3)
     assert prepared.vision.shape == (1, p.vision_grid[1], p.vision_grid[0], 3)  # ComfyUI's snap is then a no-op
     assert _exact_uint8(prepared.vae) and _exact_uint8(prepared.vision)
@@ -100,7 +100,7 @@ def test_pil_presets_resize_like_pil_and_pre_snap_the_vision_copy(preset):
 def test_comfy_preset_uses_area_and_leaves_the_28_snap_to_comfyui():
     img = image(300, 200, seed=4)
     prepared = prepare_image(PRESETS["comfy"], Mode.EDIT_PLUS, img[0], with_vae=True)
-    p = prepared.plan
+    p = prepared.sizes
     assert prepared.vision.shape == (1, p.vision[1], p.vision[0], 3)
     want = torch.nn.functional.interpolate(img.movedim(-1, 1), size=(p.vae[1], p.vae[0]), mode="area")
     assert torch.equal(prepared.vae, want.movedim(1, -1))
@@ -126,13 +126,13 @@ def test_alpha_is_dropped():
 )
 def test_unusable_image_sizes_are_refused(size, match):
     with pytest.raises(ValueError, match=match):
-        plan_encode("diffusers", "edit", "p", [("image1", image(*size))])
+        prepare_encode("diffusers", "edit", "p", [("image1", image(*size))])
 
 
 def test_bad_image_inputs_are_refused():
     with pytest.raises(ValueError, match="batch of 2"):
-        plan_encode("comfy", "edit", "p", [("image1", torch.rand(2, 64, 64, 3))])
+        prepare_encode("comfy", "edit", "p", [("image1", torch.rand(2, 64, 64, 3))])
     nan = image(64, 64)
     nan[0, 3, 3, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        plan_encode("comfy", "edit", "p", [("image1", nan)])
+        prepare_encode("comfy", "edit", "p", [("image1", nan)])

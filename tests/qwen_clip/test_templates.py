@@ -8,7 +8,7 @@ from quadtree_tile.qwen_clip import (
     T2I_TEMPLATE,
     Mode,
     build_prompt,
-    plan_encode,
+    prepare_encode,
 )
 
 # The three templates as DiffSynth-Studio, diffusers and ComfyUI all spell them (model-interface facts).
@@ -70,5 +70,5 @@ def test_prompt_with_vision_tokens_is_refused(token):
 
 
 def test_blank_system_prompt_means_the_stock_one():
-    plan = plan_encode("comfy", "text-to-image", "p", system_prompt=" \n")
-    assert plan.text == T2I.format("p") and not plan.custom_system
+    prepared = prepare_encode("comfy", "text-to-image", "p", system_prompt=" \n")
+    assert prepared.text == T2I.format("p") and not prepared.custom_system

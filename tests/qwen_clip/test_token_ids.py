@@ -1,7 +1,7 @@
 """Token ids of the chat text with the real Qwen2.5 vocabulary: the known prefixes, drop points, labels."""
 
 import pytest
-from quadtree_tile.qwen_clip import Mode, build_prompt, drop_index, finish_tokens, image_slots, plan_encode
+from quadtree_tile.qwen_clip import Mode, build_prompt, drop_index, finish_tokens, image_slots, prepare_encode
 from quadtree_tile.qwen_clip.tokens import TAIL
 from qwen_clip_helpers import image, qwen_tokenizer
 
@@ -45,10 +45,10 @@ def test_picture_labels_in_order_with_digits_split(tok):
 
 
 def test_numbering_follows_the_connected_images_not_the_slots(tok):
-    plan = plan_encode("diffusers", "edit-plus", "merge", [("image2", image(64, 64)), ("image4", image(64, 48))])
-    ids = tok.ids(plan.text)
-    assert "Picture 1: " in plan.text and "Picture 2: " in plan.text and "Picture 3" not in plan.text
-    assert plan.slots == ("image2", "image4")
+    prepared = prepare_encode("diffusers", "edit-plus", "merge", [("image2", image(64, 64)), ("image4", image(64, 48))])
+    ids = tok.ids(prepared.text)
+    assert "Picture 1: " in prepared.text and "Picture 2: " in prepared.text and "Picture 3" not in prepared.text
+    assert prepared.slots == ("image2", "image4")
     assert len(image_slots(ids)) == 2
     assert ids[64:72] == PICTURE_1
 
@@ -64,22 +64,22 @@ def test_custom_system_prompt_drop_point_comes_from_the_stream(tok, mode, n):
 
 
 def test_finish_tokens_counts_vision_tokens_and_checks_the_stock_drop(tok):
-    plan = plan_encode("diffusers", "edit-plus", "a cat", [("image1", image(1477 // 8, 2056 // 8))])
-    tokens = finish_tokens(plan, tok.ids(plan.text))
-    vision = plan.images[0].plan.vision_tokens
+    prepared = prepare_encode("diffusers", "edit-plus", "a cat", [("image1", image(1477 // 8, 2056 // 8))])
+    tokens = finish_tokens(prepared, tok.ids(prepared.text))
+    vision = prepared.images[0].sizes.vision_tokens
     assert tokens.drop == 64
     assert tokens.expected_length == 79 - 64 - 1 + vision
-    wrong = [t if t != 872 else 1474 for t in tok.ids(plan.text)]  # not the Qwen chat stream any more
+    wrong = [t if t != 872 else 1474 for t in tok.ids(prepared.text)]  # not the Qwen chat stream any more
     with pytest.raises(ValueError, match="not a Qwen-Image chat"):
-        finish_tokens(plan, wrong)
+        finish_tokens(prepared, wrong)
 
 
 def test_diffusers_cuts_long_text_to_image_prompts_at_512_tokens(tok, caplog):
     prompt = " ".join(["cat"] * 700)
     ids = tok.ids(build_prompt(Mode.T2I, prompt, 0))
-    diffusers = finish_tokens(plan_encode("diffusers", "text-to-image", prompt), ids)
-    comfy = finish_tokens(plan_encode("comfy", "text-to-image", prompt), ids)
-    diffsynth = finish_tokens(plan_encode("diffsynth", "text-to-image", prompt), ids)
+    diffusers = finish_tokens(prepare_encode("diffusers", "text-to-image", prompt), ids)
+    comfy = finish_tokens(prepare_encode("comfy", "text-to-image", prompt), ids)
+    diffsynth = finish_tokens(prepare_encode("diffsynth", "text-to-image", prompt), ids)
     assert diffusers.expected_length == 512 and diffusers.truncated == len(ids) - 34 - 512
     assert diffusers.ids == tuple(ids[: 34 + 512])
     assert comfy.expected_length == diffsynth.expected_length == len(ids) - 34
@@ -87,6 +87,6 @@ def test_diffusers_cuts_long_text_to_image_prompts_at_512_tokens(tok, caplog):
 
 
 def test_empty_prompt_encodes_the_bare_template(tok):
-    plan = plan_encode("diffsynth", "text-to-image", "")
-    tokens = finish_tokens(plan, tok.ids(plan.text))
+    prepared = prepare_encode("diffsynth", "text-to-image", "")
+    tokens = finish_tokens(prepared, tok.ids(prepared.text))
     assert tokens.ids[tokens.drop :] == TAIL and tokens.expected_length == 5
