@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_qwen_clip [--sizes 800x600,1920x1080] [--repeat 3]
 
-For each preset and edit mode it times ``plan_encode`` (checks, the VAE and vision copies, the chat
+For each preset and edit mode it times ``prepare_encode`` (checks, the VAE and vision copies, the chat
 text) on random 8-bit images of each size, and reports the vision tokens and reference-latent size
 each preset gives. With the shared tokenizer files (../shared/data/qwen25_tokenizer) and the
 ``tokenizers`` package it also times tokenizing the chat text. Last, it times the header check of
@@ -59,8 +59,8 @@ def main() -> None:
         img = torch.randint(0, 256, (1, h, w, 3), generator=g).float() / 255
         for mode, images in (("edit", [("image1", img)]), ("edit-plus", [("image1", img), ("image2", img)])):
             for preset in qc.PRESETS:
-                t = _time(qc.plan_encode, args.repeat, preset, mode, "make it blue", images, with_vae=True)
-                plan = qc.plan_encode(preset, mode, "make it blue", images, with_vae=True)
+                t = _time(qc.prepare_encode, args.repeat, preset, mode, "make it blue", images, with_vae=True)
+                plan = qc.prepare_encode(preset, mode, "make it blue", images, with_vae=True)
                 row = dict(
                     bench="prepare",
                     input=f"{w}x{h}",
@@ -68,9 +68,9 @@ def main() -> None:
                     preset=preset,
                     images=len(images),
                     ms=round(t * 1000, 1),
-                    vision_grid=list(plan.images[0].plan.vision_grid),
-                    vision_tokens=plan.images[0].plan.vision_tokens,
-                    vae_copy=list(plan.images[0].plan.vae),
+                    vision_grid=list(plan.images[0].sizes.vision_grid),
+                    vision_tokens=plan.images[0].sizes.vision_tokens,
+                    vae_copy=list(plan.images[0].sizes.vae),
                 )
                 if tok is not None:
                     row["tokenize_ms"] = round(_time(tok, args.repeat, plan.text) * 1000, 2)

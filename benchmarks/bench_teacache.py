@@ -60,7 +60,7 @@ def _hooks(tc: Any, layers: int, config: Any, sigmas: torch.Tensor) -> tuple[dic
         "patches_replace": {
             "dit": {("double_block", i): from_hooks.BlockPatch(i, i == layers - 1) for i in range(layers)}
         },
-        "wrappers": {from_hooks.DIFFUSION_MODEL: {from_hooks.KEY: [from_hooks.diffusion_model_wrapper]}},
+        "wrappers": {from_hooks.DIFFUSION_MODEL: {from_hooks.TEACACHE_KEY: [from_hooks.diffusion_model_wrapper]}},
         from_hooks.RUN_KEY: run,
     }
     return options, run
