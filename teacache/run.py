@@ -75,8 +75,10 @@ class TeaCacheRun:
         self.skipped_steps = 0
         self._warned: set[str] = set()
         if not self.calibrating and self.steps < config.min_steps:
-            self.disabled = f"the run has {self.steps} steps, fewer than min_steps={config.min_steps}"
-            log.info("%s: caching off for this run: %s; every step is computed", NAME, self.disabled)
+            self.disabled = (
+                f"the run has {self.steps} steps, fewer than min_steps={config.min_steps} (few-step runs gain "
+                "little and lose quality; set min_steps to 0 to cache them too)"
+            )
         elif not self.calibrating:
             log.info(
                 "%s: %s, threshold %g, skips allowed from %.2f to %.2f of %d steps%s, cache on %s",
@@ -264,6 +266,14 @@ class TeaCacheRun:
         try:
             if self.calibrating:
                 self._write_records()
+            elif self.disabled is not None and self.decisions == 0:
+                log.info(
+                    "%s: caching off for this run: %s; computed %d of %d calls, none skipped",
+                    NAME,
+                    self.disabled,
+                    self.calls,
+                    self.calls,
+                )
             else:
                 log.info(
                     "%s (%s, threshold %g): computed %d of %d calls (skipped %d of %d steps)%s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -86,3 +87,16 @@ def test_calibrate_fit_then_use_the_profile(user_dir):
     assert "prof" in teacache_nodes._profiles()
     (patched,) = teacache_nodes.TeaCacheQwenImage().apply(base, threshold=0.0, **{**DEFAULTS, "profile": "prof"})
     assert torch.equal(sample(patched, conds)[0], ref)
+
+
+def test_min_steps_says_caching_was_off_and_why(caplog):
+    base, conds = make_patcher(), make_conds()
+    ref, _ = sample(base, conds, steps=4)
+    (patched,) = teacache_nodes.TeaCacheQwenImage().apply(base, threshold=5.0, **{**DEFAULTS, "min_steps": 10})
+    with caplog.at_level(logging.INFO, logger="comfyui-quadtree-tile"):
+        out, _ = sample(patched, conds, steps=4)
+    assert torch.equal(out, ref)
+    runs = [r.getMessage() for r in caplog.records if r.name == "comfyui-quadtree-tile.teacache"]
+    assert len(runs) == 1, runs  # one line for the run, at its end
+    assert "caching off for this run: the run has 4 steps, fewer than min_steps=10 (few-step runs" in runs[0]
+    assert "none skipped" in runs[0] and "skipped 0 of 0" not in runs[0]
