@@ -2,7 +2,9 @@
 
 Mirrors what ``comfy.sd.VAE.decode`` / ``encode`` do around ``first_stage_model`` (input cropping
 and scaling, dtype and device moves, output conversion) but asks ComfyUI's memory manager only for
-one tile's working memory, never for the full-image estimate.
+one tile's working memory, never for the full-image estimate. The pack's checks (:mod:`.vae_checks`,
+then :func:`~..tiled_vae.check_call`) run first on every path, before any ComfyUI call that fails
+on bad input with a raw error (its memory estimates, ``load_models_gpu``, ``post_quant_conv``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any
 
 import torch
 
-from ..tiled_vae import RunReport, TilingConfig, in_image_pixels, tiled
+from ..tiled_vae import RunReport, TilingConfig, check_call, in_image_pixels, tiled
+from .vae_checks import check_image, check_latent, check_settings
 
 log = logging.getLogger("comfyui-quadtree-tile.nodes")
 
@@ -76,16 +79,20 @@ def decode(
 ) -> tuple[torch.Tensor, RunReport]:
     """Decode ``latent`` with the tiled decoder; returns ComfyUI images (N, H, W, C) and the run report."""
     vae.throw_exception_if_invalid()
+    check_settings(config)
+    check_latent(vae, latent)
     model = vae.first_stage_model
+    check_call(model, latent, "decode")
     ratio = vae.spacial_compression_decode()
     _load(vae, vae.memory_used_decode, tile_shape(tuple(latent.shape), config, ratio))
-    config = in_image_pixels(config, model.decoder, ratio)
-    with tiled(model.decoder, config, **_hook_kwargs(node_id)) as hook:
+    config = in_image_pixels(config, getattr(model, "decoder", model), ratio)
+    kwargs = _hook_kwargs(node_id)
+    with tiled(model, config, untiled_memory=lambda t: vae.memory_used_decode(t.shape, vae.vae_dtype), **kwargs) as h:
         out = model.decode(latent.to(vae.vae_dtype).to(vae.device))
     images = vae.process_output(out.to(vae.output_device).float()).movedim(1, -1)
     if images.ndim == 5:  # video VAEs give (B, T, H, W, C); ComfyUI images are frames
         images = images.reshape(-1, *images.shape[-3:])
-    return images, hook.handler.report
+    return images, h.handler.report
 
 
 def encode(
@@ -93,13 +100,24 @@ def encode(
 ) -> tuple[torch.Tensor, RunReport]:
     """Encode ComfyUI images (B, H, W, C) with the tiled encoder; returns the latent and the run report."""
     vae.throw_exception_if_invalid()
+    check_settings(config)
+    check_image(vae, pixels)
     model = vae.first_stage_model
+    x = encoder_input(vae, pixels)
+    check_call(model, x, "encode")
+    _warn_dropped_frames(vae, x)
+    _load(vae, vae.memory_used_encode, tile_shape(tuple(x.shape), config, 1))
+    config = in_image_pixels(config, getattr(model, "encoder", model), vae.spacial_compression_encode())
+    kwargs = _hook_kwargs(node_id)
+    with tiled(model, config, untiled_memory=lambda t: vae.memory_used_encode(t.shape, vae.vae_dtype), **kwargs) as h:
+        latent = model.encode(x.to(vae.vae_dtype).to(vae.device))
+    return latent.to(vae.output_device).float(), h.handler.report
+
+
+def encoder_input(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """ComfyUI images as ``first_stage_model.encode`` takes them: cropped to the VAE's multiple,
+    channels first, a frame axis for video VAEs, scaled to the VAE's range (as ``VAE.encode``)."""
     x = vae.vae_encode_crop_pixels(pixels[..., :3]).movedim(-1, 1)
     if vae.latent_dim == 3 and x.ndim < 5:
         x = x.unsqueeze(2) if vae.not_video else x.movedim(1, 0).unsqueeze(0)
-    _warn_dropped_frames(vae, x)
-    _load(vae, vae.memory_used_encode, tile_shape(tuple(x.shape), config, 1))
-    config = in_image_pixels(config, model.encoder, vae.spacial_compression_encode())
-    with tiled(model.encoder, config, **_hook_kwargs(node_id)) as hook:
-        latent = model.encode(vae.process_input(x).to(vae.vae_dtype).to(vae.device))
-    return latent.to(vae.output_device).float(), hook.handler.report
+    return vae.process_input(x)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 
-from ..tiled_vae import RunReport, TilingConfig, in_image_pixels, plan_tiles
+from ..tiled_vae import TilingConfig, check_call, in_image_pixels, plan_tiles
 from ..tiled_vae.preview import draw_plan
 from . import comfy_vae
-
-log = logging.getLogger("comfyui-quadtree-tile.nodes")
+from .vae_checks import check_image, check_latent, check_settings
 
 CATEGORY = "quadtree_tile/vae"
 
@@ -73,21 +71,6 @@ def _config(tile_size: int, planner: str, min_tile_size: int, mode: str, activat
     )
 
 
-def _log(kind: str, report: RunReport) -> None:
-    if report.tiled:
-        log.info(
-            "%s: exact tiled run (%s), %d tiles of up to %d px, activations on %s%s",
-            kind,
-            report.family,
-            len(report.plan),
-            report.tile_size,
-            report.store,
-            f", {report.retries} out-of-memory retries" if report.retries else "",
-        )
-    else:
-        log.info("%s: untiled run (%s)", kind, report.reason)
-
-
 class QuadtreeVAEDecode:
     """Decode a latent tile by tile; returns exactly what VAE Decode returns, in bounded memory."""
 
@@ -112,8 +95,7 @@ class QuadtreeVAEDecode:
     )
 
     def decode(self, samples: dict, vae: Any, unique_id: str | None = None, **tiling: Any) -> tuple[torch.Tensor]:
-        images, report = comfy_vae.decode(vae, samples["samples"], _config(**tiling), unique_id)
-        _log("Quadtree VAE Decode", report)
+        images, _ = comfy_vae.decode(vae, samples["samples"], _config(**tiling), unique_id)
         return (images,)
 
 
@@ -141,8 +123,7 @@ class QuadtreeVAEEncode:
     )
 
     def encode(self, pixels: torch.Tensor, vae: Any, unique_id: str | None = None, **tiling: Any) -> tuple[dict]:
-        latent, report = comfy_vae.encode(vae, pixels, _config(**tiling), unique_id)
-        _log("Quadtree VAE Encode", report)
+        latent, _ = comfy_vae.encode(vae, pixels, _config(**tiling), unique_id)
         return ({"samples": latent},)
 
 
@@ -187,14 +168,20 @@ class QuadtreeTilePreview:
         samples: dict | None = None,
     ) -> tuple[torch.Tensor]:
         config = _config(tile_size, planner, min_tile_size, "tiled", "auto")
+        check_settings(config)
+        vae.throw_exception_if_invalid()
         model = vae.first_stage_model
         import comfy.model_management as mm
 
         if samples is not None:
             x = samples["samples"]
+            check_latent(vae, x)
+            check_call(model, x, "decode")
             module, ratio = model.decoder, vae.spacial_compression_decode()
         else:
-            x = vae.process_input(vae.vae_encode_crop_pixels(image[..., :3]).movedim(-1, 1))
+            check_image(vae, image)
+            x = comfy_vae.encoder_input(vae, image)
+            check_call(model, x, "encode")
             module, ratio = model.encoder, vae.spacial_compression_encode()
         config = in_image_pixels(config, module, ratio)
         if x.ndim == 5:  # a video VAE: plan one frame (tiles are spatial and the same for all frames)
