@@ -198,7 +198,9 @@ class QwenImageTextEncode:
                         "default": "diffusers",
                         "tooltip": "Whose preprocessing to reproduce. diffsynth: 1024² /32 bicubic (edit-plus vision "
                         "copy 384² from it); diffusers: 1024² /32 Lanczos, 384² vision copy, t2i prompt cut at 512 "
-                        "tokens; comfy: ComfyUI's built-in nodes (no /32 snap, area filter).",
+                        "tokens; comfy: the images and template of ComfyUI's built-in nodes (no /32 snap, area "
+                        "filter), but the prompt is still taken literally: ComfyUI's own tokenizer un-escapes \\( "
+                        "and \\) and reads embedding:name, this node does neither.",
                     },
                 ),
                 "mode": (
@@ -235,7 +237,8 @@ class QwenImageTextEncode:
     RETURN_NAMES = ("conditioning", "info")
     OUTPUT_TOOLTIPS = (
         "The prompt embedding (template dropped), with reference_latents when a VAE and images are given.",
-        "Token counts, the drop point and every image's sizes (input, vision copy, 28-px grid, VAE copy).",
+        "Token counts, the drop point and every image's sizes (input, vision copy, 28-px grid, and the VAE copy "
+        "when a VAE is connected).",
     )
     FUNCTION = "encode"
     CATEGORY = CATEGORY

@@ -137,7 +137,8 @@ def finish_tokens(prepared: PreparedEncode, ids: Sequence[int]) -> TokenLayout:
 
 
 def encode_info(prepared: PreparedEncode, tokens: TokenLayout) -> str:
-    """A few lines for the user: token counts, the drop point and each image's sizes."""
+    """A few lines for the user: token counts, the drop point and each image's sizes (the VAE copy's
+    only when one was made for a connected VAE)."""
     lines = [
         f"preset {prepared.preset.name}, mode {prepared.mode.value}"
         + (", custom system prompt" if prepared.custom_system else "")
@@ -149,6 +150,7 @@ def encode_info(prepared: PreparedEncode, tokens: TokenLayout) -> str:
         label = f"Picture {k} ({name})" if prepared.mode is Mode.EDIT_PLUS else name
         lines.append(
             f"{label}: {p.source[0]}x{p.source[1]} -> vision {p.vision[0]}x{p.vision[1]} -> "
-            f"{p.vision_grid[0]}x{p.vision_grid[1]} ({p.vision_tokens} tokens); VAE copy {p.vae[0]}x{p.vae[1]}"
+            f"{p.vision_grid[0]}x{p.vision_grid[1]} ({p.vision_tokens} tokens)"
+            + (f"; VAE copy {p.vae[0]}x{p.vae[1]}" if im.vae is not None else "")  # only with a VAE connected
         )
     return "\n".join(lines)
