@@ -168,12 +168,7 @@ class TeaCacheQwenImage:
             min_steps=min_steps,
             max_skips=max_consecutive_skips,
         )
-        patched = apply_teacache(model, config)
-        if not rescale.calibrated:
-            log.info(
-                "TeaCache (Qwen-Image): uncalibrated mode (no profile); threshold %g on raw input change", threshold
-            )
-        return (patched,)
+        return (apply_teacache(model, config),)  # each sampling run logs its settings and its result
 
 
 class TeaCacheCalibrate:
