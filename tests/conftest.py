@@ -8,6 +8,7 @@ that holds it is the pack this loads.
 
 import importlib.util
 import pathlib
+import sys
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ PACK_ROOT = pathlib.Path(__file__).resolve().parent.parent
 def _load_pack(name: str = "quadtree_tile") -> None:
     spec = importlib.util.spec_from_file_location("_quadtree_tile_loader", PACK_ROOT / "benchmarks" / "common.py")
     common = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = common  # dataclasses in it look their module up there
     spec.loader.exec_module(common)
     common.load_pack(name)
 
