@@ -12,18 +12,21 @@ Environment:
   random-weight models, reused across runs (about 6 GB; regenerated when the generator changes).
 * ``QT_INT_KEEP=1``: keep the temporary base directory (``$TMPDIR/qt-int-*``) and its server log.
 
-Fixtures for every integration test (also ``test_teacache.py``, ``test_qwen_clip.py``,
-``test_vae_3d*.py``):
+Fixtures for every integration test (``test_pack_loads.py``, ``test_workflows.py``,
+``test_user_messages.py``, ``test_teacache.py``):
 
 * ``comfy_server``: a running :class:`qt_harness.ComfyServer` (session scope) on 127.0.0.1 with a
-  temporary base directory: the pack linked as ``custom_nodes/quadtree_tile``, every test-only
-  node pack in a sub-folder here beside it as ``qt_<folder>``, and the generated models under
-  the file names users have (see :data:`MODEL_LINKS`). ``comfy_server.base`` is that directory;
-  ``.log()`` the server log.
+  temporary base directory: the pack linked as ``custom_nodes/comfyui-quadtree-tile`` (the
+  README's install name, ``qt_harness.PACK_FOLDER``), every test-only node pack in a sub-folder here
+  beside it as ``qt_<folder>``, and the generated models under the file names users have (see
+  :data:`MODEL_LINKS`). ``comfy_server.base`` is that directory; ``.log()`` the server log.
 * ``object_info``: ``/object_info`` of that server.
 * ``run_workflow(graph, timeout=600, free=True)``: queue an API graph, wait, fail the test with the
   node's error and the log tail when it fails; returns a :class:`qt_harness.RunResult`. ``free``
   unloads all models first to keep the server's memory at one workflow's worth.
+* ``run_failing(graph, timeout=600)``: queue an API graph that must fail; returns the
+  ``execution_error`` of ``/history`` (``node_type``, ``exception_type``, ``exception_message``, ...)
+  and fails the test when the prompt succeeds.
 * ``input_files``: names of the generated files in the server's ``input/`` folder.
 """
 
@@ -178,12 +181,53 @@ def _video_latent(path: Path, frames: int, height: int, width: int) -> None:
     save_file({"latent_tensor": latent.contiguous(), "latent_format_version_0": torch.tensor([])}, str(path))
 
 
+def _image_latent(path: Path, channels: int, height: int, width: int) -> None:
+    """A seeded random image latent (SD: 4 channels) in ComfyUI's ``.latent`` format."""
+    import torch
+    from safetensors.torch import save_file
+
+    latent = torch.randn(1, channels, height, width, generator=torch.Generator().manual_seed(11))
+    save_file({"latent_tensor": latent, "latent_format_version_0": torch.tensor([])}, str(path))
+
+
+def _nan_latent(path: Path, channels: int, height: int, width: int) -> None:
+    """A zero SD latent with one NaN, as a sampler that overflowed in fp16 leaves it."""
+    import torch
+    from safetensors.torch import save_file
+
+    latent = torch.zeros(1, channels, height, width)
+    latent[0, 0, height // 2, width // 2] = float("nan")
+    save_file({"latent_tensor": latent, "latent_format_version_0": torch.tensor([])}, str(path))
+
+
 INPUT_FILES = {
     "example.png": (_example_png, (320, 256)),
     "qt_large.png": (_example_png, (384, 320)),
     "wan_video.latent": (_video_latent, (2, 16, 24)),
+    "narrow_1x64.png": (_example_png, (1, 64)),
+    "flat_300x7.png": (_example_png, (300, 7)),
+    "nan_sd.latent": (_nan_latent, (4, 16, 16)),
+    "sd_random.latent": (_image_latent, (4, 16, 16)),
 }
 """Files written into the server's input/ folder: name -> (writer, size arguments)."""
+
+
+def _clip_l_file(path: Path) -> None:
+    """A CLIP-L text encoder's layout (ComfyUI's ``clip_l.safetensors`` keys, [768]-wide attention
+    biases, 2 of its 12 layers), zeros: what a user picks by mistake in the Qwen2.5-VL loader."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {"text_model.embeddings.token_embedding.weight": torch.zeros(8, 768)}
+    for i in range(2):
+        for p in ("q", "k", "v", "out"):
+            tensors[f"text_model.encoder.layers.{i}.self_attn.{p}_proj.weight"] = torch.zeros(768, 768)
+            tensors[f"text_model.encoder.layers.{i}.self_attn.{p}_proj.bias"] = torch.zeros(768)
+    save_file(tensors, str(path))
+
+
+MODEL_FILES = {"text_encoders/clip_l.safetensors": _clip_l_file}
+"""Small files written into the server's models/ folder: path -> writer."""
 
 
 @pytest.fixture(scope="session")
@@ -192,7 +236,7 @@ def comfy_base(comfy_models: dict[str, Path]):
     base = Path(tempfile.mkdtemp(prefix="qt-int-"))
     for sub in ("custom_nodes", "input", "output", "temp", "user"):
         (base / sub).mkdir()
-    (base / "custom_nodes" / "quadtree_tile").symlink_to(PACK_ROOT, target_is_directory=True)
+    (base / "custom_nodes" / qt_harness.PACK_FOLDER).symlink_to(PACK_ROOT, target_is_directory=True)
     for probe in TEST_NODE_PACKS:
         (base / "custom_nodes" / f"qt_{probe.name}").symlink_to(probe, target_is_directory=True)
     for kind, path in comfy_models.items():
@@ -203,6 +247,8 @@ def comfy_base(comfy_models: dict[str, Path]):
         (base / "models" / rel).symlink_to(comfy_models[kind])
     for name, (writer, size) in INPUT_FILES.items():
         writer(base / "input" / name, *size)
+    for rel, write in MODEL_FILES.items():
+        write(base / "models" / rel)
     yield base
     if os.environ.get("QT_INT_KEEP") != "1":
         shutil.rmtree(base, ignore_errors=True)
@@ -264,6 +310,24 @@ def run_workflow(comfy_server, request):
             + (f", server peak resident memory {rss:.2f} GiB" if rss is not None else "")
         )
         return result
+
+    return run
+
+
+@pytest.fixture
+def run_failing(comfy_server):
+    """Run an API graph that must fail; returns the ``execution_error`` message of ``/history``."""
+
+    def run(graph: dict, timeout: float = 600) -> dict:
+        comfy_server.free()
+        try:
+            result = comfy_server.run(graph, timeout=timeout)
+        except (qt_harness.WorkflowError, qt_harness.ServerError) as e:
+            pytest.fail(f"{e}\n--- server log tail ---\n{comfy_server.log_tail(30)}", pytrace=False)
+        errors = [msg for kind, msg in result.messages if kind == "execution_error"]
+        if result.status == "success" or not errors:
+            pytest.fail(f"the prompt was expected to fail but ended {result.status}: {result.messages}", pytrace=False)
+        return errors[0]
 
     return run
 

@@ -27,6 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+PACK_FOLDER = "comfyui-quadtree-tile"
+"""The folder name the README's install step gives the pack in ``custom_nodes`` (with dashes: not a
+Python identifier, which ComfyUI's loader and the test nodes must cope with)."""
+
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 """Input types the frontend shows as widgets (plus list-valued combos); everything else is a socket."""
 
@@ -199,13 +203,26 @@ class ComfyServer:
         """Ask ComfyUI to unload every model and free memory (done between prompts)."""
         self._call("/free", {"unload_models": True, "free_memory": True})
 
-    def run(self, graph: dict[str, Any], timeout: float = 600) -> RunResult:
-        """Queue an API-format graph and wait for it; raises WorkflowError when /prompt rejects it."""
-        t0 = time.perf_counter()
+    def queue(self, graph: dict[str, Any]) -> str:
+        """Post an API-format graph to ``/prompt``; returns its prompt id. Raises WorkflowError when
+        ``/prompt`` rejects it."""
         code, resp = self._call("/prompt", {"prompt": graph, "client_id": str(uuid.uuid4())})
         if code != 200:
             raise WorkflowError(f"/prompt rejected the graph ({code}): {json.dumps(resp, indent=1)[:4000]}")
-        prompt_id = resp["prompt_id"]
+        return resp["prompt_id"]
+
+    def running(self, prompt_id: str) -> bool:
+        """Whether ``/queue`` lists the prompt as the one executing now."""
+        queue = self.get("/queue")
+        return any(item[1] == prompt_id for item in queue.get("queue_running", []))
+
+    def interrupt(self) -> None:
+        """Ask ComfyUI to stop the prompt it is executing (``/interrupt``)."""
+        self._call("/interrupt", {})
+
+    def wait(self, prompt_id: str, timeout: float = 600, t0: float | None = None) -> RunResult:
+        """Wait on ``/history`` until the prompt ends (success, error or interrupted)."""
+        t0 = time.perf_counter() if t0 is None else t0
         while True:
             if self.process is not None and self.process.poll() is not None:
                 raise ServerError(f"ComfyUI died while running a prompt. Last lines:\n{self.log_tail()}")
@@ -215,13 +232,18 @@ class ComfyServer:
             if status.get("status_str") in ("success", "error") and status.get("completed") is not None:
                 break
             if time.perf_counter() - t0 > timeout:
-                self._call("/interrupt", {})
+                self.interrupt()
                 raise WorkflowError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
             time.sleep(0.25)
         return RunResult(
             prompt_id, status["status_str"], entry.get("outputs", {}), status.get("messages", []),
             time.perf_counter() - t0,
         )  # fmt: skip
+
+    def run(self, graph: dict[str, Any], timeout: float = 600) -> RunResult:
+        """Queue an API-format graph and wait for it; raises WorkflowError when /prompt rejects it."""
+        t0 = time.perf_counter()
+        return self.wait(self.queue(graph), timeout, t0)
 
 
 # --- workflow formats ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import re
 import sys
 
 import pytest
-from qt_harness import ComfyServer, ServerError
+from qt_harness import PACK_FOLDER, ComfyServer, ServerError
 from quadtree_tile.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 PACK_NODES = sorted(NODE_CLASS_MAPPINGS)
@@ -18,11 +18,10 @@ def test_log_has_no_import_failure(comfy_server) -> None:
     bad = [
         line
         for line in log.splitlines()
-        if ("IMPORT FAILED" in line or "Cannot import" in line)
-        and ("quadtree_tile" in line or "custom_nodes/qt_" in line)
+        if ("IMPORT FAILED" in line or "Cannot import" in line) and (PACK_FOLDER in line or "custom_nodes/qt_" in line)
     ]
     assert not bad, "ComfyUI failed to import the pack:\n" + "\n".join(bad) + "\n" + comfy_server.log_tail(60)
-    assert re.search(r"\d+\.\d+ seconds: \S*custom_nodes/quadtree_tile", log), (
+    assert re.search(rf"\d+\.\d+ seconds: \S*custom_nodes/{re.escape(PACK_FOLDER)}\s*$", log, re.M), (
         "the pack is missing from ComfyUI's 'Import times for custom nodes' list:\n" + comfy_server.log_tail(60)
     )
 
@@ -38,7 +37,7 @@ def test_node_has_tooltips_category_description(object_info, node_id: str) -> No
     assert info["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[node_id]
     assert info["category"].startswith("quadtree_tile/"), info["category"]
     assert info["description"].strip(), f"{node_id} has no DESCRIPTION"
-    assert info["python_module"].endswith("quadtree_tile"), info["python_module"]
+    assert info["python_module"] == f"custom_nodes.{PACK_FOLDER}", info["python_module"]
     untipped = [
         f"{group}.{name}"
         for group in ("required", "optional")

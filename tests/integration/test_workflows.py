@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from qt_harness import WorkflowError, missing_nodes, ui_to_api
+from qt_harness import PACK_FOLDER, WorkflowError, missing_nodes, ui_to_api
 
 PACK_ROOT = Path(__file__).resolve().parent.parent.parent
 WORKFLOWS = PACK_ROOT / "workflows"
@@ -115,16 +115,19 @@ def adapt_qwen_image_t2i_teacache(graph: dict) -> dict:
 def adapt_qwen_image_edit_2509(graph: dict) -> dict:
     """The 320x256 example scaled to 0.02 MP instead of 1 MP, 4 steps; the two encodes run the vision
     tower on the 384x384-area copy but get no VAE, because a ~1024x1024 reference latent (encode plus
-    4096 reference tokens per step) takes many minutes on 2 CPU cores."""
+    4096 reference tokens per step) takes many minutes on 2 CPU cores. Their info outputs go to
+    PreviewAny: with no VAE connected they must not list a VAE copy."""
     _test_te(graph)
     graph[_node(graph, "ImageScaleToTotalPixels")]["inputs"]["megapixels"] = 0.02
     graph[_node(graph, "KSampler")]["inputs"].update(steps=4)
     graph[_node(graph, "QuadtreeTile_TeaCacheQwenImage")]["inputs"].update(min_steps=0)
+    infos = []
     for nid in _all(graph, "QuadtreeTile_QwenImageTextEncode"):
         graph[nid]["inputs"].pop("vae", None)
+        infos.append(_add(graph, "PreviewAny", source=[nid, 1]))
     _force_tiles(graph, 64)
     diffs = _exact_decode(graph, "edit") + _exact_encode(graph, "edit")
-    return {"diffs": diffs, "size": (160, 128), "teacache_runs": 1}
+    return {"diffs": diffs, "size": (160, 128), "teacache_runs": 1, "infos_without_vae": infos}
 
 
 def adapt_wan21_video_decode_3d(graph: dict) -> dict:
@@ -170,7 +173,7 @@ def test_workflow_nodes_exist(object_info, name: str) -> None:
         if not (
             object_info[cls]["python_module"] in ("nodes", "comfy_extras")
             or object_info[cls]["python_module"].startswith("comfy_extras.")
-            or object_info[cls]["python_module"].endswith("quadtree_tile")
+            or object_info[cls]["python_module"] == f"custom_nodes.{PACK_FOLDER}"
         )
     }
     assert not foreign, f"workflows/{name}.json uses nodes from outside ComfyUI core and this pack: {foreign}"
@@ -230,6 +233,11 @@ def test_workflow_runs(comfy_server, run_workflow, run: str) -> None:
         decode = json.loads(result.texts(expect["diffs"][0])[0])
         assert decode["shape_a"][0] == expect["frames"], decode
         assert tuple(decode["shape_a"][1:3][::-1]) == expect["size"], decode
+
+    for nid in expect.get("infos_without_vae", []):  # the encode's info output, as PreviewAny shows it
+        (info,) = result.texts(nid)
+        assert "Picture 1 (image1)" in info and "vision" in info, info
+        assert "VAE copy" not in info and "reference latents" not in info, f"no VAE is connected:\n{info}"
 
     if expect.get("teacache_runs"):
         summaries = _TEACACHE.findall(log)

@@ -60,12 +60,19 @@ class LatentDiff(ImageDiff):
         return {"ui": {"text": [json.dumps(_stats(a["samples"], b["samples"], label))]}}
 
 
-def _pack_module(suffix: str):
-    """The pack's submodule ``suffix`` as ComfyUI imported it (under a path-derived package name)."""
-    for name, module in list(sys.modules.items()):
-        if name.endswith(suffix) and "quadtree_tile" in name.replace("_x_", "."):
-            return module
-    raise RuntimeError(f"the quadtree_tile pack is not loaded (no module ending in {suffix!r})")
+def _pack_module(node_id: str):
+    """The module of the pack that defines ``node_id``, as ComfyUI imported it.
+
+    ComfyUI names a pack's modules after its folder path (``custom_nodes/comfyui-quadtree-tile``
+    or any other name a user cloned it under), so the module is found through ComfyUI's node
+    registry, never by its name.
+    """
+    import nodes
+
+    cls = nodes.NODE_CLASS_MAPPINGS.get(node_id)
+    if cls is None:
+        raise RuntimeError(f"the quadtree-tile pack is not loaded: ComfyUI has no node {node_id!r}")
+    return sys.modules[cls.__module__]
 
 
 class FewLayerQwenTE:
@@ -86,7 +93,7 @@ class FewLayerQwenTE:
 
     def load(self, clip_name, layers):
         path = folder_paths.get_full_path_or_raise("text_encoders", clip_name)
-        load_qwen_clip = _pack_module(".nodes.qwen_clip_nodes").load_qwen_clip
+        load_qwen_clip = _pack_module("QuadtreeTile_QwenVLLoader").load_qwen_clip
         return (load_qwen_clip(path, {"qwen25_7b_model_config": {"num_hidden_layers": layers}}),)
 
 
