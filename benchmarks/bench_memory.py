@@ -5,12 +5,14 @@
 
 Nothing is computed: ``TensorMemory`` (benchmarks/tensor_memory.py) counts the bytes of every
 tensor a run would hold on the GPU, which is ``torch.cuda.max_memory_allocated`` less convolution
-workspaces and allocator rounding. Models are full size with the real architectures: diffusers'
-``AutoencoderKL`` with the SD/SDXL layout, ``AutoencoderKLWan`` at Wan 2.1 size (Qwen-Image's VAE
-is the same network on one frame). Per case, one JSON line each for: the untiled run; ours at
-``--tile`` px with the activation store on the CPU; and one untiled run on a ``--tile`` px tile,
-which is what ComfyUI's ``VAEDecodeTiled``/``VAEEncodeTiled`` hold per tile at their defaults
-(512 px; 64 frames per temporal tile) before moving it off the GPU.
+workspaces and allocator rounding. These are counts for tests of growth, not GPU measurements: on an
+H200 the pack's tiled runs peaked 8-30x above them (tensor_memory.py has the figures); the
+measured bars come from bench_vae_2d / bench_vae_3d on a GPU. Models are full size with the real
+architectures: diffusers' ``AutoencoderKL`` with the SD/SDXL layout, ``AutoencoderKLWan`` at Wan 2.1
+size (Qwen-Image's VAE is the same network on one frame). Per case, one JSON line each for: the
+untiled run; ours at ``--tile`` px with the activation store on the CPU; and one untiled run on a
+``--tile`` px tile, which is what ComfyUI's ``VAEDecodeTiled``/``VAEEncodeTiled`` hold per tile at
+their defaults (512 px; 64 frames per temporal tile) before moving it off the GPU.
 
 A case is ``sdxl:SIDE`` (2D decode), ``qwen:SIDE`` / ``qwen-encode:SIDE`` (one frame) or
 ``wan:WxHxF`` (video decode, F = 1 + 4k frames).
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .common import SDXL_CLASS_CONFIG, emit, load_pack
+from .common import SDXL_CLASS_CONFIG, emit, host_run, load_pack, pack_run
 from .tensor_memory import counted_peak_gib, on_meta
 
 DEFAULT_CASES = [
@@ -54,29 +56,28 @@ def _wan() -> torch.nn.Module:
     return on_meta(lambda: AutoencoderKLWan(base_dim=96, z_dim=16))
 
 
-def _case(case: str, tile: int) -> tuple[torch.nn.Module, Callable[[torch.Tensor], Any], torch.Tensor, torch.Tensor]:
-    """(hooked module, call, full input, one ComfyUI tile's input) for a case."""
+def _case(case: str, tile: int) -> tuple[torch.nn.Module, str, torch.Tensor, torch.Tensor]:
+    """(whole VAE, role, full input, one ComfyUI tile's input) for a case."""
     kind, size = case.split(":")
     bf16 = {"device": "meta", "dtype": torch.bfloat16}
     lt = tile // 8
     if kind == "sdxl":
-        vae, side = _sdxl(), int(size)
+        side = int(size)
         z = torch.empty(1, 4, side // 8, side // 8, **bf16)
-        return vae.decoder, vae.decoder, z, torch.empty(1, 4, lt, lt, **bf16)
-    vae = _wan()
+        return _sdxl(), "decode", z, torch.empty(1, 4, lt, lt, **bf16)
     if kind == "qwen":
         side = int(size)
         z = torch.empty(1, 16, 1, side // 8, side // 8, **bf16)
-        return vae.decoder, lambda x: vae.decode(x).sample, z, torch.empty(1, 16, 1, lt, lt, **bf16)
+        return _wan(), "decode", z, torch.empty(1, 16, 1, lt, lt, **bf16)
     if kind == "qwen-encode":
         side = int(size)
         x = torch.empty(1, 3, 1, side, side, **bf16)
-        return vae.encoder, lambda x: vae.encode(x).latent_dist.mode(), x, torch.empty(1, 3, 1, tile, tile, **bf16)
+        return _wan(), "encode", x, torch.empty(1, 3, 1, tile, tile, **bf16)
     if kind == "wan":
         w, h, f = (int(v) for v in size.split("x"))
         z = torch.empty(1, 16, 1 + (f - 1) // 4, h // 8, w // 8, **bf16)
         one = torch.empty(1, 16, min(z.shape[2], COMFY_TEMPORAL_LATENTS), min(lt, h // 8), min(lt, w // 8), **bf16)
-        return vae.decoder, lambda x: vae.decode(x).sample, z, one
+        return _wan(), "decode", z, one
     raise SystemExit(f"unknown case {case!r}: sdxl:SIDE, qwen:SIDE, qwen-encode:SIDE or wan:WxHxF")
 
 
@@ -88,33 +89,32 @@ def _count(fn: Callable[[], Any]) -> tuple[float, float]:
 
 
 def _run_case(tv: Any, case: str, args: argparse.Namespace) -> None:
-    module, call, x, one_tile = _case(case, args.tile)
+    vae, role, x, one_tile = _case(case, args.tile)
     if not args.skip_untiled:
-        peak, secs = _count(lambda: call(x))
-        emit(case=case, run="untiled", peak_gib=round(peak, 3), count_seconds=round(secs, 1))
+        peak, secs = _count(lambda: host_run(vae, role, x))
+        emit(case=case, run="untiled", peak_gib_counted=round(peak, 3), count_seconds=round(secs, 1))
     cfg = tv.TilingConfig(tile_size=args.tile, planner="grid", mode="tiled", activation_store="cpu")
-    holder: dict[str, Any] = {}
+    reports: list[Any] = []
 
     def ours() -> None:
-        with tv.tiled(module, cfg) as hook:
-            call(x)
-        holder["report"] = hook.handler.report
+        reports.append(pack_run(vae, role, x, cfg)[1])
 
     peak, secs = _count(ours)
     emit(
         case=case,
         run=f"quadtree-tile {args.tile} px, CPU store",
-        peak_gib=round(peak, 3),
-        tiles=len(holder["report"].plan),
+        peak_gib_counted=round(peak, 3),
+        tiles=len(reports[-1].plan),
         count_seconds=round(secs, 1),
     )
-    peak, _ = _count(lambda: call(one_tile))
-    emit(case=case, run=f"one untiled {args.tile} px tile (ComfyUI tiled, per tile)", peak_gib=round(peak, 3))
+    peak, _ = _count(lambda: host_run(vae, role, one_tile))
+    emit(case=case, run=f"one untiled {args.tile} px tile (ComfyUI tiled, per tile)", peak_gib_counted=round(peak, 3))
 
 
 def run(args: argparse.Namespace) -> None:
     tv = load_pack().tiled_vae
-    emit(torch=torch.__version__, dtype="bfloat16", counted_on="meta", tile=args.tile)
+    memory = "counted on the meta device, not measured on a GPU"
+    emit(torch=torch.__version__, dtype="bfloat16", memory=memory, tile=args.tile)
     for case in args.cases:
         _run_case(tv, case, args)
 

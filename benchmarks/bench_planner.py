@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .common import emit, load_pack, randomise_, sdxl_class_vae
+from .common import emit, host_encode, load_pack, pack_encode, randomise_, sdxl_class_vae
 
 
 def scene(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -67,16 +67,15 @@ def seam_error(tv: object) -> None:
         layers_per_block=1,
         latent_channels=4,
     )
-    enc = randomise_(vae).encoder
+    randomise_(vae)
     x = scene(384, 512)
     with torch.no_grad():
-        ref = enc(x)
+        ref = host_encode(vae, x)
         for planner in ("grid", "quadtree"):
             cfg = tv.TilingConfig(tile_size=128, planner=planner, mode="tiled", min_tile_size=32)
-            with tv.tiled(enc, cfg) as hook:
-                out = enc(x)
+            out, report = pack_encode(vae, x, cfg)
             near = torch.zeros(ref.shape[-2:], dtype=torch.bool)
-            for r in hook.handler.report.plan:  # tile edges at latent resolution (8 px per latent px)
+            for r in report.plan:  # tile edges at latent resolution (8 px per latent px)
                 for edge in (r.y0, r.y1):
                     e = math.ceil(edge / 8)
                     near[max(0, e - 2) : e + 2, :] = True
@@ -87,7 +86,7 @@ def seam_error(tv: object) -> None:
             emit(
                 case="encode 512x384 (reduced width)",
                 planner=planner,
-                tiles=len(hook.handler.report.plan),
+                tiles=len(report.plan),
                 max_abs_near_seams=float(d[near].max()),
                 max_abs_elsewhere=float(d[~near].max()) if (~near).any() else None,
             )

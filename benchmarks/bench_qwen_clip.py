@@ -4,8 +4,8 @@
 
 For each preset and edit mode it times ``prepare_encode`` (checks, the VAE and vision copies, the chat
 text) on random 8-bit images of each size, and reports the vision tokens and reference-latent size
-each preset gives. With the shared tokenizer files (../shared/data/qwen25_tokenizer) and the
-``tokenizers`` package it also times tokenizing the chat text. Last, it times the header check of
+each preset gives. With the Qwen2.5 tokenizer files the tests use (tests/data/qwen25_tokenizer) and
+the ``tokenizers`` package it also times tokenizing the chat text. Last, it times the header check of
 a file with the full Qwen2.5-VL-7B key layout (tiny tensors, so the figure is the check's own cost).
 The text encoder itself is ComfyUI's and is not timed here. One JSON object per line.
 """
@@ -35,7 +35,7 @@ def _time(fn, repeat: int, *fn_args: object, **fn_kwargs: object) -> float:
 
 
 def _tokenizer():
-    directory = PACK_ROOT.parent / "shared" / "data" / "qwen25_tokenizer"
+    directory = PACK_ROOT / "tests" / "data" / "qwen25_tokenizer"
     try:
         sys.path.insert(0, str(PACK_ROOT / "tests" / "qwen_clip"))
         from qwen_clip_helpers import QwenTokenizer

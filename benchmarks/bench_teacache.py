@@ -25,23 +25,16 @@ from typing import Any
 
 import torch
 
+from .comfy_host import import_comfy
 from .common import emit, load_pack, randomise_
 
 
 def _model(heads: int, layers: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, str, int]:
-    comfy_path = os.environ.get("COMFYUI_PATH")
-    if comfy_path:
-        sys.path.insert(0, comfy_path)
-        if device.type == "cpu":
-            from comfy.cli_args import args
-
-            args.cpu = True
-        # isort: off
-        import utils.extra_config  # noqa: F401  (ComfyUI's own import order: before comfy.*)
+    if os.environ.get("COMFYUI_PATH"):
+        import_comfy(device)
         import comfy.ops
         from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 
-        # isort: on
         model = QwenImageTransformer2DModel(
             num_layers=layers, num_attention_heads=heads, operations=comfy.ops.disable_weight_init, dtype=dtype
         )

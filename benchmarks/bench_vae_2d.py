@@ -1,167 +1,67 @@
-"""Tiled vs untiled 2D VAE decode/encode: error, peak device memory and time, side by side.
+"""Tiled vs untiled 2D VAE (SD / SDXL architecture) decode and encode: time, peak device memory and error, side by side.
 
-    python -m benchmarks.bench_vae_2d                      # CPU: small sizes, fp32
-    python -m benchmarks.bench_vae_2d --sizes 2048 4096    # on a GPU: bf16 by default
-    COMFYUI_PATH=/path/to/ComfyUI python -m benchmarks.bench_vae_2d --comfy   # + ComfyUI's VAEDecodeTiled
+    python -m benchmarks.bench_vae_2d                              # CPU: small cases, fp32
+    python -m benchmarks.bench_vae_2d --cases decode:2048 decode:4096   # a GPU: bf16 (the default there)
+    COMFYUI_PATH=/path/to/ComfyUI python -m benchmarks.bench_vae_2d --comfy   # ComfyUI's VAE and tiled nodes
 
-Prints one JSON line per case. Without ``--comfy`` the model is diffusers' ``AutoencoderKL`` with
-the SD/SDXL architecture and random weights; with it, ComfyUI's own ``AutoencoderKL`` loaded
-through ``comfy.sd.VAE`` (run this with a Python that has ComfyUI's requirements), compared in
-ComfyUI's [0, 1] image space, with ComfyUI's tiled decode at its node defaults (512 px, overlap 64).
+A case is ``decode:SIDE`` / ``encode:SIDE`` (or ``WxH``) in image pixels; on a GPU the defaults are
+decode 2048² and 4096². Prints one JSON line per run (benchmarks/vae_runs.py says what the columns
+mean). Without ``--comfy`` the model is diffusers' ``AutoencoderKL`` with random weights, compared
+with diffusers' own ``enable_tiling``; with it, ComfyUI's own ``AutoencoderKL`` loaded through
+``comfy.sd.VAE`` (only ``comfy.*`` is imported: run with a Python that has ComfyUI's requirements),
+compared in ComfyUI's [0, 1] image space with what VAEDecodeTiled / VAEEncodeTiled do at their
+defaults (512 px, overlap 64; a smaller ``--tile`` with a quarter-tile overlap).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-from typing import Any
-
 import torch
 
-from .common import device_and_dtype, emit, errors, load_pack, measure, randomise_, sdxl_class_vae
+from . import comfy_host
+from .common import sdxl_class_vae
+from .vae_runs import Bench, Host, comfy_vae_host, diffusers_vae_host, main
 
 
-def _oom() -> tuple[type[BaseException], ...]:
-    return (torch.OutOfMemoryError, RuntimeError)
+def parse_case(case: str) -> tuple[str, tuple[int, int]]:
+    """``decode:2048`` or ``encode:1024x768`` -> (role, (width, height)); sides multiples of 8."""
+    role, _, size = case.partition(":")
+    try:
+        w, h = (int(v) for v in (size.split("x") if "x" in size else (size, size)))
+    except ValueError:
+        w = h = 0
+    if role not in ("decode", "encode") or w <= 0 or h <= 0 or w % 8 or h % 8:
+        raise SystemExit(f"bad case {case!r}: decode|encode:SIDE or decode|encode:WxH, sides multiples of 8")
+    return role, (w, h)
 
 
-def _comfy_vae(device: torch.device) -> Any:
-    sys.path.insert(0, os.environ["COMFYUI_PATH"])
-    if device.type == "cpu":
-        from comfy.cli_args import args
-
-        args.cpu = True
-    # isort: off
-    import utils.extra_config  # noqa: F401  (ComfyUI's own import order: before comfy.*)
-    import comfy.sd
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-
-    # isort: on
-
-    ddconfig = {
-        "double_z": True,
-        "z_channels": 4,
-        "resolution": 256,
-        "in_channels": 3,
-        "out_ch": 3,
-        "ch": 128,
-        "ch_mult": [1, 2, 4, 4],
-        "num_res_blocks": 2,
-        "attn_resolutions": [],
-        "dropout": 0.0,
-    }
-    model = randomise_(AutoencoderKL(ddconfig=ddconfig, embed_dim=4))
-    return comfy.sd.VAE(sd={k: v.detach().clone() for k, v in model.state_dict().items()})
+def case_input(role: str, sizes: tuple[int, ...], comfy: bool) -> torch.Tensor:
+    """The case's input, seeded by its size: a latent, or an image (ComfyUI's (B, H, W, C) in [0, 1])."""
+    w, h = sizes
+    g = torch.Generator().manual_seed(w * 7 + h)
+    if role == "decode":
+        return torch.randn(1, 4, h // 8, w // 8, generator=g)
+    if comfy:
+        return torch.rand(1, h, w, 3, generator=g)
+    return torch.rand(1, 3, h, w, generator=g) * 2 - 1
 
 
-def run(args: argparse.Namespace) -> None:
-    pack = load_pack()
-    tv = pack.tiled_vae
-    device, dtype = device_and_dtype(args.device, args.dtype)
-    emit(
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        torch=torch.__version__,
-        dtype=str(dtype),
-        tile=args.tile,
-    )
-
-    if args.comfy:
-        vae = _comfy_vae(device)
-        import nodes as comfy_nodes
-
-        comfy_vae = pack.nodes.comfy_vae
-
-        def untiled(z: torch.Tensor) -> torch.Tensor:
-            return vae.decode(z)
-
-        def ours(z: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, Any]:
-            return comfy_vae.decode(vae, z, cfg)
-
-        def comfy_tiled(z: torch.Tensor) -> torch.Tensor:
-            return comfy_nodes.VAEDecodeTiled().decode(vae, {"samples": z}, 512, 64, 64, 8)[0]
-
-        value_range = 1.0
-    else:
-        model = sdxl_class_vae().to(device, dtype)
-        decoder = model.decoder
-        comfy_tiled = None
-        value_range = 2.0
-
-        def untiled(z: torch.Tensor) -> torch.Tensor:
-            return decoder(z.to(device, dtype))
-
-        def ours(z: torch.Tensor, cfg: Any) -> tuple[torch.Tensor, Any]:
-            with tv.tiled(decoder, cfg) as hook:
-                out = decoder(z.to(device, dtype))
-            return out, hook.handler.report
-
-    configs: list[tuple[str, Any]] = [
-        (
-            f"grid_{args.tile}_cpu_store",
-            tv.TilingConfig(tile_size=args.tile, planner="grid", mode="tiled", activation_store="cpu"),
-        ),
-        (f"quadtree_{args.tile}_cpu_store", tv.TilingConfig(tile_size=args.tile, mode="tiled", activation_store="cpu")),
-        ("auto", tv.TilingConfig(tile_size=0, mode="tiled", activation_store="auto")),
-    ]
-    for size in args.sizes:
-        g = torch.Generator().manual_seed(size)
-        z = torch.randn(1, 4, size // 8, size // 8, generator=g)
-        case = f"decode_{size}"
-        try:
-            ref, t_ref, peak_ref = measure(lambda z=z: untiled(z), device)
-            emit(case=case, run="untiled", seconds=round(t_ref, 3), peak_gib=peak_ref)
-        except _oom() as e:
-            emit(case=case, run="untiled", error=str(e).splitlines()[0][:120])
-            ref = None
-        for name, cfg in configs:
-            holder: dict[str, Any] = {}
-
-            def call(z=z, cfg=cfg, holder=holder) -> torch.Tensor:
-                out, holder["report"] = ours(z, cfg)
-                return out
-
-            out, t, peak = measure(call, device)
-            rep = holder["report"]
-            row = dict(
-                case=case,
-                run=f"quadtree-tile {name}",
-                seconds=round(t, 3),
-                peak_gib=peak,
-                tiles=len(rep.plan),
-                tile_px=rep.tile_size,
-                store=rep.store,
-                halo_overhead=round(rep.halo_overhead, 4),
-            )
-            if ref is not None:
-                row.update(errors(out, ref, value_range), time_ratio=round(t / t_ref, 3))
-            emit(**row)
-            del out
-        if comfy_tiled is not None:
-            out, t, peak = measure(lambda z=z: comfy_tiled(z), device)
-            row = dict(case=case, run="comfyui VAEDecodeTiled 512/64", seconds=round(t, 3), peak_gib=peak)
-            if ref is not None:
-                row.update(errors(out, ref, value_range), time_ratio=round(t / t_ref, 3))
-            emit(**row)
-        del ref
+def make_host(comfy: bool, device: torch.device, dtype: torch.dtype, tile: int) -> Host:
+    """ComfyUI's SD VAE through ``comfy.sd.VAE``, or diffusers' ``AutoencoderKL``, with random weights."""
+    if comfy:
+        comfy_host.import_comfy(device)
+        return comfy_vae_host(comfy_host.sd_model(), dtype, tile)
+    return diffusers_vae_host(sdxl_class_vae(), device, dtype, tile)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=None, help="output sides in px (multiples of 8)")
-    p.add_argument("--tile", type=int, default=512, help="tile side in px for the fixed-tile runs")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None)
-    p.add_argument("--comfy", action="store_true", help="use ComfyUI's VAE and its tiled decode (COMFYUI_PATH)")
-    args = p.parse_args(argv)
-    if args.sizes is None:
-        args.sizes = [2048, 4096] if torch.cuda.is_available() else [512]
-        if not torch.cuda.is_available():
-            args.tile = min(args.tile, 256)
-    if args.comfy and not os.environ.get("COMFYUI_PATH"):
-        p.error("--comfy needs COMFYUI_PATH (a ComfyUI checkout)")
-    run(args)
-
+BENCH = Bench(
+    doc=__doc__,
+    gpu_cases=["decode:2048", "decode:4096"],
+    cpu_cases=["decode:192", "encode:192"],
+    cpu_tile=96,
+    parse=parse_case,
+    make_input=case_input,
+    make_host=make_host,
+)
 
 if __name__ == "__main__":
-    main()
+    main(BENCH)
