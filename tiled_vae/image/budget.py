@@ -6,6 +6,7 @@ import torch
 
 from ..policy import WORKSPACE_FACTOR, Needs
 from .groupnorm import CHUNKS
+from .placement import trace
 from .program import AttentionStep, Program, WindowStep
 
 
@@ -52,14 +53,9 @@ def bytes_per_pixel(program: Program, batch: int, dtype: torch.dtype) -> float:
 
 
 def store_bytes(program: Program, batch: int, full: tuple[int, int], dtype: torch.dtype) -> int:
-    """Bytes of the full-size activations alive at once (input, temporary and output registers)."""
-    size = torch.finfo(dtype).bits // 8
-    worst = 0
-    for step in program.window_steps():
-        level = step.fine_level
-        px = (full[0] >> level) * (full[1] >> level)
-        worst = max(worst, px * (2 * step.c_in + step.c_out) * size)
-    return worst * batch
+    """Peak bytes of the full-size activations alive at once if all stayed on the device (the
+    call's input, which is there already, not counted)."""
+    return trace(program, batch, full, torch.finfo(dtype).bits // 8).device_bytes()
 
 
 def image_needs(program: Program, x: torch.Tensor, full: tuple[int, int], untiled: float | None) -> Needs:

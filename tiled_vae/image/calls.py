@@ -11,11 +11,13 @@ import torch
 
 from ..families import Family, Unsupported
 from ..planner import plan_for
-from ..policy import Context, Decision, Needs, decide, execute, summary
+from ..policy import GIB, Context, Decision, decide, execute, summary
 from ..validation import check_input, checks_for, full_size
 from .budget import image_needs
-from .engine import Engine, RunOptions
+from .engine import Engine, RunOptions, placement_for
+from .placement import Placement, band_plan
 from .program import Program
+from .transfers import backend_for
 
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
 
@@ -62,13 +64,20 @@ def run_image_call(ctx: Context, original: Callable[..., Any], family: Family, a
 def _run_engine(
     ctx: Context, program: Program, x: torch.Tensor, full: tuple[int, int], tile: int, decision: Decision
 ) -> torch.Tensor:
-    """Run the engine on ``tile`` px tiles (the report says so)."""
+    """Run the engine on ``tile`` px tiles (the report says so): the configured plan when every
+    full-size activation stays on the device, else full-width bands of the tile's area."""
     report = ctx.report
-    store = x.device if decision.store_budget >= _store_need(report.needs) else torch.device("cpu")
-    cell = program.align if program.in_level == 0 else 1
-    plan = plan_for(ctx.config.planner, ctx.config.min_tile_size, x, full, tile, program.align, cell)
-    report.tiled, report.tile_size, report.plan, report.store = True, tile, plan, str(store)
-    options = RunOptions(x.device, store, ctx.progress, ctx.check_interrupt)
+    backend = backend_for(x.device)
+    budget = decision.store_budget if backend is not None else math.inf
+    placement = placement_for(program, x.shape[0], full, x.dtype, budget)
+    if placement.spills():
+        plan = band_plan(full, tile, program.align)
+    else:
+        cell = program.align if program.in_level == 0 else 1
+        plan = plan_for(ctx.config.planner, ctx.config.min_tile_size, x, full, tile, program.align, cell)
+    report.tiled, report.tile_size, report.plan = True, tile, plan
+    report.store = describe_store(placement, x.device)
+    options = RunOptions(x.device, budget, ctx.progress, ctx.check_interrupt, backend)
     engine = Engine(program, plan, full, options, x.dtype)
     with torch.no_grad():  # never keep an autograd graph across tiles
         out = engine.run(x)
@@ -76,5 +85,10 @@ def _run_engine(
     return out
 
 
-def _store_need(needs: Needs | None) -> float:
-    return needs.store if needs is not None else math.inf
+def describe_store(placement: Placement, device: torch.device) -> str:
+    """Where the run keeps its full-size activations, for the log line: ``cuda:0 (1.50 GiB)`` or
+    ``cuda:0 0.80 GiB + pinned CPU 4.00 GiB (full-width bands)``."""
+    on_device = f"{device} {placement.device_bytes() / GIB:.2f} GiB"
+    if not placement.spills():
+        return f"{device} ({placement.device_bytes() / GIB:.2f} GiB)"
+    return f"{on_device} + pinned CPU {placement.host_bytes() / GIB:.2f} GiB (full-width bands)"

@@ -1,14 +1,19 @@
 """Run a :class:`~.program.Program` over a tile plan: exact, one pass, memory bounded by the tile.
 
-Full-size activations between steps live on a *store* device (the compute device when they fit,
-else the CPU); each tile of a window step copies its input window to the compute device, runs,
-and writes its core back. GroupNorm statistics of a register are pooled while its tiles are
-written (core pixels only, fp32) and used by the step that normalises it. An attention step
-computes every key and value band by band onto the compute device, then its queries band by band.
+Full-size activations between steps (the values of :mod:`.placement`) live in a
+:class:`~.store.Store`: on the compute device while they fit its budget, else in page-locked host
+memory, moved by side-stream copies that overlap the compute (the plan is then full-width bands).
+Each tile of a window step reads its input window, runs, and writes its core; the next tile's
+windows are fetched while it runs, and successive steps walk the tiles in opposite orders
+(zigzag), so a step starts where the last one ended, on rows still on the device. GroupNorm
+statistics of a value are pooled while its tiles are written (core pixels only, fp32) and used by
+the step that normalises it. An attention step computes every key and value band by band onto the
+compute device, then its queries band by band.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,17 +24,23 @@ from ..geometry import Rect, level_sizes, output_extent, rect_at_level
 from ..policy import Progress
 from .budget import attention_bytes, step_bytes
 from .groupnorm import GroupStats, group_norm_with_stats
-from .program import AttentionStep, Program, Step, WindowStep
+from .placement import Placement, StepValues, Value, place
+from .program import AttentionStep, Program, WindowStep
+from .store import Store
+from .transfers import Backend, Copier
 
 
 @dataclass
 class RunOptions:
-    """Where things run: ``device`` computes, ``store`` holds the full-size activations."""
+    """Where things run: ``device`` computes; full-size activations stay on it up to
+    ``store_budget`` bytes, the rest goes to the host through ``backend`` (None: everything stays
+    on ``device``, as on a CPU, which is its own host)."""
 
     device: torch.device
-    store: torch.device
+    store_budget: float = math.inf
     progress: Progress | None = None
     check_interrupt: Callable[[], None] | None = None
+    backend: Backend | None = None
 
 
 def input_window(step: WindowStep, core: Rect, in_size: tuple[int, int]) -> Rect:
@@ -50,32 +61,16 @@ def input_window(step: WindowStep, core: Rect, in_size: tuple[int, int]) -> Rect
     return Rect(max(0, y0), min(h, y1), max(0, x0), min(w, x1))
 
 
-def _dead_after(program: Program, index: int) -> set[str]:
-    """Registers that no step after ``index`` reads before overwriting them."""
-    names = {n for s in program.steps[: index + 1] for n in (s.src, s.dst)}
-    dead = set()
-    for name in names:
-        for later in program.steps[index + 1 :]:
-            reads = {later.src} | ({later.residual} if isinstance(later, WindowStep) and later.residual else set())
-            if name in reads:
-                break
-            if later.dst == name:
-                dead.add(name)
-                break
-        else:
-            dead.add(name)
-    return dead - {program.steps[-1].dst} if index == len(program.steps) - 1 else dead
+def residual_window(step: WindowStep, core: Rect, size: tuple[int, int]) -> Rect:
+    """The residual pixels the output ``core`` adds: the core, widened by the shortcut's reach."""
+    r = step.shortcut_reach if step.shortcut is not None else 0
+    h, w = size
+    return Rect(max(0, core.y0 - r), min(h, core.y1 + r), max(0, core.x0 - r), min(w, core.x1 + r))
 
 
-def _norm_groups(program: Program, index: int) -> int | None:
-    """Groups of the GroupNorm that will read what step ``index`` writes, if any."""
-    dst = program.steps[index].dst
-    for later in program.steps[index + 1 :]:
-        if later.src == dst and later.norm is not None:
-            return later.norm.num_groups
-        if later.src == dst or later.dst == dst:
-            return None
-    return None
+def placement_for(program: Program, batch: int, full: tuple[int, int], dtype: torch.dtype, budget: float) -> Placement:
+    """Where each value of a run lives for a device ``budget`` in bytes (see :func:`.placement.place`)."""
+    return place(program, batch, full, torch.finfo(dtype).bits // 8, budget)
 
 
 class Engine:
@@ -89,15 +84,15 @@ class Engine:
         self.full = full_size
         self.sizes = level_sizes(full_size[0], full_size[1], program.levels)
         self.opt = options
-        self.regs: dict[str, torch.Tensor] = {}
-        self.owned: set[str] = set()
-        self.stats: dict[str, GroupStats] = {}
+        self.stats: dict[Value, GroupStats] = {}
         self.done = 0
         self.size = torch.finfo(dtype).bits // 8
         worst = max((step_bytes(s, self.size) / 4**s.fine_level for s in program.window_steps()), default=1.0)
         self.tile_bytes = max((r.area for r in plan), default=0) * worst  # the heaviest step on the largest tile
-        self.total = sum(len(self._cores(s)) for s in program.window_steps())
+        self.cores = self._ordered_cores()
+        self.total = sum(len(c) for c in self.cores if c is not None)
         self.total += sum(2 * len(self._bands(s)) for s in program.attention_steps())
+        self.placement: Placement | None = None
 
     def _cores(self, step: WindowStep) -> list[Rect]:
         """The output cores of ``step``: the plan at its level, or the whole level when it fits in one tile.
@@ -114,61 +109,111 @@ class Engine:
         cores = [rect_at_level(r, level, self.full, self.sizes) for r in self.plan]
         return [c for c in cores if c.area > 0]
 
-    def run(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the whole program on ``x`` (never modified) and return the last register."""
-        self.regs["x"] = x
-        for i, step in enumerate(self.program.steps):
-            groups = _norm_groups(self.program, i)
+    def _ordered_cores(self) -> list[list[Rect] | None]:
+        """Each window step's cores in the order they run: every step that has several walks them
+        the opposite way to the last one that had several, so it starts on the tile that one ended on."""
+        forward = True
+        ordered: list[list[Rect] | None] = []
+        for step in self.program.steps:
             if isinstance(step, AttentionStep):
-                self._run_attention(step, groups)
-            else:
-                self._run_window(step, groups)
-            for name in _dead_after(self.program, i):
-                self.regs.pop(name, None)
-                self.stats.pop(name, None)
-        out = self.regs[self.program.steps[-1].dst].to(x.device)
+                ordered.append(None)
+                continue
+            cores = self._cores(step)
+            if len(cores) > 1:
+                cores = cores if forward else cores[::-1]
+                forward = not forward
+            ordered.append(cores)
+        return ordered
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the whole program on ``x`` (never modified) and return the last value on ``x``'s device."""
+        budget = self.opt.store_budget if self.opt.backend is not None else math.inf
+        placement = placement_for(self.program, x.shape[0], self.full, x.dtype, budget)
+        self.placement = placement
+        copier = Copier(self.opt.backend, self.opt.device) if placement.spills() else None
+        store = Store(placement, self.sizes, x.shape[0], x.dtype, copier)
+        try:
+            out = self._run(x, placement, store)
+        except BaseException:
+            store.abort()
+            raise
+        store.finish()
         return self.program.post(out) if self.program.post is not None else out
 
-    def _write(self, name: str, value: torch.Tensor, stats: GroupStats | None) -> None:
-        """Bind a register to a tensor this engine allocated (so it may later be updated in place),
-        with the statistics pooled while it was written, if any."""
-        self.regs[name] = value
-        self.stats.pop(name, None)
-        if stats is not None:
-            self.stats[name] = stats
-        self.owned.add(name)
+    def _run(self, x: torch.Tensor, placement: Placement, store: Store) -> torch.Tensor:
+        store.bind(placement.input, x)
+        keep = self._kept_rows(placement)
+        for i, step in enumerate(self.program.steps):
+            store.step = i
+            io = placement.steps[i]
+            groups = placement.norm_groups(i)
+            if isinstance(step, AttentionStep):
+                self._run_attention(step, io, groups, store)
+            else:
+                self._run_window(i, step, io, groups, store, keep)
+            store.drop_kept_before(i)
+            for value in placement.values:
+                if value.last == i:
+                    store.release(value)
+                    self.stats.pop(value, None)
+        out = placement.output
+        h, w = self.sizes[out.level]
+        return store.read(out, Rect(0, h, 0, w)).to(x.device).contiguous()
 
-    def _input_stats(self, step: Step, norm: torch.nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled statistics of the step's input: kept from its producer, else gathered tile by tile."""
-        stats = self.stats.get(step.src)
+    def _reads(self, index: int, core: Rect, io: StepValues) -> list[tuple[Value, Rect]]:
+        """What window step ``index`` reads for ``core``: its input window, then its residual's."""
+        step = self.program.steps[index]
+        reads = [(io.src, input_window(step, core, self.sizes[step.level]))]
+        if io.residual is not None:
+            reads.append((io.residual, residual_window(step, core, self.sizes[step.out_level])))
+        return reads
+
+    def _kept_rows(self, placement: Placement) -> dict[tuple[int, int], tuple[int, int]]:
+        """For tile ``j`` of step ``i`` writing a host value, the rows of its core that step ``i + 1``
+        reads in its first tile (kept on the device so they need no round trip)."""
+        keep: dict[tuple[int, int], tuple[int, int]] = {}
+        for i, io in enumerate(placement.steps[:-1]):
+            nxt = self.cores[i + 1]
+            if not io.dst.on_host or not nxt or self.cores[i] is None:
+                continue
+            rows = [r for v, r in self._reads(i + 1, nxt[0], placement.steps[i + 1]) if v is io.dst]
+            if not rows:
+                continue
+            y0, y1 = min(r.y0 for r in rows), max(r.y1 for r in rows)
+            for j, core in enumerate(self.cores[i]):
+                a, b = max(y0, core.y0), min(y1, core.y1)
+                if a < b:
+                    keep[(i, j)] = (a, b)
+        return keep
+
+    def _input_stats(self, value: Value, norm: torch.nn.GroupNorm, store: Store) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled statistics of a step's input: kept from its producer, else gathered band by band
+        (only for an input the call gives: no supported family normalises it first)."""
+        stats = self.stats.get(value)
         if stats is None or stats.num_groups != norm.num_groups:
             stats = GroupStats(norm.num_groups)
-            src = self.regs[step.src]
-            h, w = src.shape[-2:]
-            rows = max(1, int(self.tile_bytes // max(1, 2 * w * src.shape[1] * self.size)))
+            h, w = self.sizes[value.level]
+            rows = max(1, int(self.tile_bytes // max(1, 2 * w * value.channels * self.size)))
             for y in range(0, h, rows):
-                stats.add(src[..., y : y + rows, :].to(self.opt.device))
-            self.stats[step.src] = stats
+                stats.add(store.read(value, Rect(y, min(h, y + rows), 0, w)))
+            self.stats[value] = stats
         return stats.mean_rstd(norm.eps)
 
-    def _run_window(self, step: WindowStep, groups: int | None) -> None:
-        src = self.regs[step.src]
-        in_size = tuple(src.shape[-2:])
-        mean_rstd = self._input_stats(step, step.norm) if step.norm is not None else None
+    def _run_window(
+        self,
+        index: int,
+        step: WindowStep,
+        io: StepValues,
+        groups: int | None,
+        store: Store,
+        keep: dict[tuple[int, int], tuple[int, int]],
+    ) -> None:
+        in_size = self.sizes[step.level]
+        mean_rstd = self._input_stats(io.src, step.norm, store) if step.norm is not None else None
         out_stats = GroupStats(groups) if groups is not None else None
-        inplace = (
-            step.residual == step.dst
-            and step.shortcut_reach == 0
-            and step.dst in self.owned
-            and self.regs[step.dst].shape[1] == step.c_out
-        )
-        if not inplace and step.dst not in (step.src, step.residual):
-            self.regs.pop(step.dst, None)  # free the old value before the new one is allocated
-        dst = self.regs[step.dst] if inplace else None
-        res = self.regs[step.residual] if step.residual is not None else None
-        for core in self._cores(step):
+        for j, core in enumerate(self.cores[index]):
             window = input_window(step, core, in_size)
-            t = src[(..., *window.slices())].to(self.opt.device)
+            t = store.read(io.src, window)
             if mean_rstd is not None:
                 t = group_norm_with_stats(t, step.norm, *mean_rstd, then=step.pre)
             else:
@@ -177,13 +222,19 @@ class Engine:
             y = step.module(t)
             del t
             y = y[(..., *core.relative_to(output_extent(step.geometry, window, y.shape[-2:])).slices())]
-            if res is not None:
-                y = y.add_(self._residual(step, res, core))  # the module's own output: no copy needed
+            if io.residual is not None:
+                y = y.add_(self._residual(step, store, io.residual, core))  # the module's own output: no copy
             if step.out_scale != 1.0:
                 y = y.div_(step.out_scale)
-            dst = self._put(dst, (..., *core.slices()), y, out_stats, self.sizes[step.out_level])
+            store.write(io.dst, core, y, keep.get((index, j)))
+            if out_stats is not None:
+                out_stats.add(y)
             del y
-        self._write(step.dst, dst, out_stats)
+            store.tile_done()
+            self._tick()
+        self.stats.pop(io.dst, None)
+        if out_stats is not None:
+            self.stats[io.dst] = out_stats
 
     def _bands(self, step: AttentionStep) -> list[tuple[int, int]]:
         """Row bands of the attention's level, each given a quarter of a tile's bytes (at least one row).
@@ -196,56 +247,42 @@ class Engine:
         rows = max(1, int(self.tile_bytes // 4 // max(1.0, w * attention_bytes(step, self.size))))
         return [(y, min(h, y + rows)) for y in range(0, h, rows)]
 
-    def _run_attention(self, step: AttentionStep, groups: int | None) -> None:
-        src = self.regs[step.src]
-        b, _, h, w = src.shape
-        mean, rstd = self._input_stats(step, step.norm)
+    def _run_attention(self, step: AttentionStep, io: StepValues, groups: int | None, store: Store) -> None:
+        b, w = store.batch, self.sizes[step.level][1]
+        mean, rstd = self._input_stats(io.src, step.norm, store)
         bands = self._bands(step)
-
-        def normed(y0: int, y1: int) -> torch.Tensor:
-            return group_norm_with_stats(src[..., y0:y1, :].to(self.opt.device), step.norm, mean, rstd)
 
         def tokens(t: torch.Tensor) -> torch.Tensor:  # (B, C, rows, W) -> (B, heads, rows * W, C / heads)
             return t.reshape(b, step.heads, step.channels // step.heads, -1).transpose(-1, -2)
 
         def project(y0: int, y1: int) -> tuple[torch.Tensor, torch.Tensor]:
-            n = normed(y0, y1)
+            n = group_norm_with_stats(store.read(io.src, Rect(y0, y1, 0, w)), step.norm, mean, rstd)
             return tokens(step.k(n)), tokens(step.v(n))
 
         keys, values = keys_and_values(bands, w, project, self._tick)
         out_stats = GroupStats(groups) if groups is not None else None
-        dst = None
         for y0, y1 in bands:
-            q = tokens(step.q(normed(y0, y1)))
+            band = Rect(y0, y1, 0, w)
+            src = store.read(io.src, band)
+            # contiguous: the fused attention kernels need the last dimension dense (else: the N x N math path)
+            q = tokens(step.q(group_norm_with_stats(src, step.norm, mean, rstd))).contiguous()
             o = torch.nn.functional.scaled_dot_product_attention(q, keys, values, scale=step.scale)
             del q
             y = step.proj(o.transpose(-1, -2).reshape(b, step.channels, y1 - y0, w))
             del o
-            y = y.add_(src[..., y0:y1, :].to(self.opt.device))
+            y = y.add_(src)
+            del src
             if step.out_scale != 1.0:
                 y = y.div_(step.out_scale)
-            dst = self._put(dst, (..., slice(y0, y1), slice(None)), y, out_stats, (h, w))
+            store.write(io.dst, band, y)
+            if out_stats is not None:
+                out_stats.add(y)
             del y
-        self._write(step.dst, dst, out_stats)
-
-    def _put(
-        self,
-        dst: torch.Tensor | None,
-        where: tuple,
-        y: torch.Tensor,
-        stats: GroupStats | None,
-        size: tuple[int, int],
-    ) -> torch.Tensor:
-        """Write one tile's output ``y`` at ``where`` in the full-size register ``dst`` (allocated on the
-        store at ``size`` on first use), pool its statistics, report progress; return the register."""
-        if dst is None:
-            pin = self.opt.store.type == "cpu" and self.opt.device.type == "cuda"  # faster copies back
-            dst = torch.empty((*y.shape[:2], *size), dtype=y.dtype, device=self.opt.store, pin_memory=pin)
-        dst[where] = y.to(self.opt.store)
-        if stats is not None:
-            stats.add(y)
-        self._tick()
-        return dst
+            store.tile_done()
+            self._tick()
+        self.stats.pop(io.dst, None)
+        if out_stats is not None:
+            self.stats[io.dst] = out_stats
 
     def halo(self) -> int:
         """The widest context a step reads around a tile's core, in full-resolution pixels."""
@@ -264,21 +301,21 @@ class Engine:
             tiled += sum(input_window(step, core, in_size).area for core in self._cores(step)) * step.c_in
         return tiled / plain - 1 if plain else 0.0
 
-    def _residual(self, step: WindowStep, res: torch.Tensor, core: Rect) -> torch.Tensor:
+    def _residual(self, step: WindowStep, store: Store, value: Value, core: Rect) -> torch.Tensor:
+        window = residual_window(step, core, self.sizes[step.out_level])
+        res = store.read(value, window)
         if step.shortcut is None:
-            return res[(..., *core.slices())].to(self.opt.device)
-        r = step.shortcut_reach
-        h, w = res.shape[-2:]
-        window = Rect(max(0, core.y0 - r), min(h, core.y1 + r), max(0, core.x0 - r), min(w, core.x1 + r))
-        out = step.shortcut(res[(..., *window.slices())].to(self.opt.device))
-        return out[(..., *core.relative_to(window).slices())]
+            return res
+        return step.shortcut(res)[(..., *core.relative_to(window).slices())]
 
     def _tick(self) -> None:
         self.done += 1
         if self.opt.progress is not None:
             self.opt.progress(self.done, self.total)
-        self._interrupt()
-
-    def _interrupt(self) -> None:
         if self.opt.check_interrupt is not None:
             self.opt.check_interrupt()
+
+
+def _meet(a: Rect, b: Rect) -> bool:
+    """True when the two rectangles share a pixel."""
+    return a.y0 < b.y1 and b.y0 < a.y1 and a.x0 < b.x1 and b.x0 < a.x1

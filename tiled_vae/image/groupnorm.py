@@ -80,7 +80,8 @@ def group_norm_with_stats(
     to ``x``'s device, which also covers weights that live elsewhere until cast (ComfyUI's low-VRAM
     mode). ``then`` holds elementwise functions (the activation after the norm); the work runs in
     :data:`CHUNKS` channel slices written into one output, so it needs an eighth of ``x`` in
-    temporaries, not a float32 copy of it.
+    temporaries, not a float32 copy of it. The output has ``x``'s memory layout when ``x`` is dense
+    (channels-last stays channels-last), else the standard one.
     """
     b, c = x.shape[:2]
     per_group = c // norm.num_groups
@@ -100,7 +101,7 @@ def group_norm_with_stats(
         for fn in then:
             part = fn(part)
         if out is None:
-            out = torch.empty((b, c, *x.shape[2:]), dtype=part.dtype, device=part.device)
+            out = torch.empty_like(x, dtype=part.dtype)
         out[:, c0 : c0 + step] = part
         del part
     return out
