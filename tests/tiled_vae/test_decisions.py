@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL
 from quadtree_tile.benchmarks.common import SDXL_CLASS_CONFIG
 from quadtree_tile.benchmarks.tensor_memory import TensorMemory, on_meta
 from quadtree_tile.tiled_vae import TilingConfig, tiled
-from quadtree_tile.tiled_vae.policy import MIN_STORE_TILE
+from quadtree_tile.tiled_vae.policy import MIN_STORE_TILE, summary
 
 GB = 10**9
 
@@ -74,6 +74,9 @@ def test_decision_for_free_memory(decoder, caplog, side, free, untiled, tile, st
         assert "untiled" in caplog.text
         return
     assert report.tile_size == tile
+    line = summary("decoder", report)  # the run's one log line
+    assert f"free {free / 2**30:.2f} GiB" in line and f"store on {report.store}" in line
+    assert f"tile {report.needs.per_pixel * tile**2 / 2**30:.2f} GiB" in line  # the tile's working set
     if store == "device":
         assert report.store.startswith("meta (") and "pinned" not in report.store
     else:

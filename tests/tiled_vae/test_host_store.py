@@ -245,3 +245,23 @@ def test_a_window_of_a_host_value_is_one_copy_of_whole_rows():
     assert [(r.host[1], r.host[2]) for r in ins] == [(2 * 5 * 3 * 4, 6 * 5 * 3 * 4)]
     with pytest.raises(RuntimeError, match="not by whole rows"):
         store.read(value, Rect(0, 8, 1, 5))
+
+
+class UnpinnableBackend(RecordingBackend):
+    """A machine that cannot page-lock the memory the store asks for."""
+
+    def pinned(self, nbytes):
+        raise RuntimeError("CUDA error: out of memory (simulated cudaHostAlloc failure)")
+
+
+def test_store_falls_back_to_ordinary_memory_when_page_locking_fails(caplog):
+    _, dec = comfy_pair()
+    program = detect(dec).build(dec)
+    z = torch.randn(1, 4, 16, 24)
+    full = (128, 192)
+    options = RunOptions(torch.device("cpu"), 0.0, backend=UnpinnableBackend())
+    with torch.no_grad():
+        ref = dec(z)
+        out = Engine(program, band_plan(full, 64, 8), full, options, z.dtype).run(z)
+    assert "could not page-lock" in caplog.text and "copies will be slower" in caplog.text
+    assert_matches_untiled(out, ref)
