@@ -54,3 +54,23 @@ def test_budget_model_covers_the_counted_peak_without_waste(decoder, peaks):
     program = detect(decoder).build(decoder)
     modelled = bytes_per_pixel(program, 1, torch.bfloat16) * TILE * TILE / 2**30
     assert peaks[2048] <= modelled <= 2 * peaks[2048]
+
+
+def test_split_store_holds_its_device_share_and_one_tile(decoder):
+    """With 2 GB free a 2048² decode keeps part of its store on the device and the rest in pinned
+    host memory: the device holds that share, one tile's working set and the attention's keys and
+    values, and never the 17 GiB ComfyUI estimates for the untiled decode."""
+    z = torch.empty(1, 4, 256, 256, device="meta", dtype=torch.bfloat16)
+    hooks = tiled(decoder, TilingConfig(), free_memory=lambda device: 2 * 10**9)
+
+    def run():
+        with hooks:
+            decoder(z)
+
+    peak = counted_peak_gib(run)
+    report = hooks.handler.report
+    assert report.tiled and "+ pinned CPU" in report.store
+    device_share = float(report.store.split()[1])
+    tile = report.needs.per_pixel * report.tile_size**2 / 2**30
+    assert device_share > 0
+    assert peak <= device_share + tile + report.needs.fixed / 2**30
