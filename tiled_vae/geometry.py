@@ -37,6 +37,10 @@ class Rect:
         """Index the last two dimensions of a tensor with this rectangle."""
         return slice(self.y0, self.y1), slice(self.x0, self.x1)
 
+    def contains(self, inner: Rect) -> bool:
+        """True when ``inner`` lies inside this rectangle."""
+        return self.y0 <= inner.y0 and inner.y1 <= self.y1 and self.x0 <= inner.x0 and inner.x1 <= self.x1
+
     def relative_to(self, outer: Rect) -> Rect:
         """This rectangle in the coordinates of ``outer`` (which must contain it)."""
         return Rect(self.y0 - outer.y0, self.y1 - outer.y0, self.x0 - outer.x0, self.x1 - outer.x0)

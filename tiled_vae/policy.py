@@ -33,8 +33,10 @@ WORKSPACE_FACTOR = 1.5
 USABLE_SHARE = 0.8
 """Share of the free device memory a tiled run plans to use (the rest absorbs estimate errors)."""
 
-MIN_STORE_TILE = 512
-"""Tile side (full-resolution px) the automatic store choice keeps room for beside the store."""
+MIN_STORE_TILE = 256
+"""Tile side (full-resolution px) the automatic store choice keeps room for beside the store: the
+store stays on the device as long as a tile this large still fits beside it (a smaller tile only
+costs more tiles; a store on the CPU costs every byte over PCIe)."""
 
 GIB = 2**30
 
@@ -251,10 +253,10 @@ def summary(what: str, report: RunReport) -> str:
         text = f"{head}: untiled, {report.reason}"
     else:
         tiles = len(report.plan)
+        halo = f"halo {report.halo} px (+{100 * report.halo_overhead:.0f}% recomputed)" if tiles > 1 else "no halo"
         text = (
-            f"{head}: tiled, {tiles} tile{'s' if tiles != 1 else ''} of up to {report.tile_size} px, "
-            f"halo {report.halo} px (+{100 * report.halo_overhead:.0f}% recomputed), store on {report.store}; "
-            f"{report.reason}"
+            f"{head}: tiled, {tiles} tile{'s' if tiles != 1 else ''} of up to {report.tile_size} px, {halo}, "
+            f"store on {report.store}; {report.reason}"
         )
     if report.needs is not None and report.free is not None:
         n = report.needs

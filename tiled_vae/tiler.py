@@ -24,6 +24,8 @@ from .policy import (
 )
 from .validation import check_input, checks_for, full_size
 from .video.chunk_calls import ChunkCalls
+from .video.hosts import detect_host
+from .video.tile_major import check_host_input, run_host_call
 
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
 
@@ -32,8 +34,9 @@ class TiledForward:
     """A :class:`~.hook.MethodHook` handler that runs a VAE encoder or decoder tile by tile.
 
     It returns what the untiled module returns (up to float rounding). 2D modules go to the image
-    path (:mod:`.image.calls`), causal video modules called chunk by chunk to the chunk path
-    (:mod:`.video.chunk_calls`). Modules it does not recognise (with a warning), calls with
+    path (:mod:`.image.calls`); a recognised video VAE's own decode/encode to the tile-major path
+    (:mod:`.video.tile_major`); causal video encoders/decoders called chunk by chunk by someone
+    else to the chunk path (:mod:`.video.chunk_calls`). Modules it does not recognise (with a warning), calls with
     arguments it cannot honour and ``mode="untiled"`` go to the original forward with every
     argument. ``untiled_memory(x)`` is the host's estimate of the untiled call's device bytes
     (ComfyUI's ``memory_used_decode``/``encode``); without it the path's own count is used.
@@ -57,6 +60,10 @@ class TiledForward:
 
     def __call__(self, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         module = original.__self__
+        host = detect_host(module)
+        if host is not None and original.__name__ in (host.decode_method, host.encode_method):
+            role = "decode" if original.__name__ == host.decode_method else "encode"
+            return run_host_call(self, host, original, role, args, kwargs)
         family = detect(module)
         if family is None:
             self.report = RunReport(reason="no registered VAE family matches this module's structure")
@@ -129,25 +136,30 @@ def in_image_pixels(config: TilingConfig, module: torch.nn.Module, image_ratio: 
     return replace(config, tile_size=config.tile_size // fold, min_tile_size=config.min_tile_size // fold)
 
 
-def _targets(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """What :func:`tiled` hooks for ``module``: itself when it is an encoder or decoder of a known
-    family (or nothing else matches), else those of its ``encoder`` and ``decoder`` that are."""
+def _targets(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+    """What :func:`tiled` hooks for ``module``: a recognised video VAE's own decode and encode; an
+    encoder or decoder of a known family (or, when nothing matches, ``module`` itself); else the
+    ``forward`` of those of its ``encoder`` and ``decoder`` that are known."""
+    host = detect_host(module)
+    if host is not None:
+        return [(module, host.decode_method), (module, host.encode_method)]
     if detect(module) is not None:
-        return [module]
+        return [(module, "forward")]
     parts = [getattr(module, name, None) for name in ("encoder", "decoder")]
-    known = [m for m in parts if isinstance(m, torch.nn.Module) and detect(m) is not None]
-    return known or [module]
+    known = [(m, "forward") for m in parts if isinstance(m, torch.nn.Module) and detect(m) is not None]
+    return known or [(module, "forward")]
 
 
 def tiled(module: torch.nn.Module, config: TilingConfig, **kwargs: Any) -> Hooks:
     """Hooks (use them in ``with``) that tile every call of ``module`` until the block ends.
 
     ``module`` is an encoder or decoder, or a whole VAE (ComfyUI's ``first_stage_model``, a
-    diffusers autoencoder) whose ``encoder`` and ``decoder`` are then hooked. ``kwargs`` go to
+    diffusers autoencoder): a Wan-family VAE's own decode and encode then run tile-major, other
+    VAEs' ``encoder`` and ``decoder`` are hooked. ``kwargs`` go to
     :class:`TiledForward`; the hooks' ``handler`` is that object (its ``report`` says what ran).
     """
     handler = TiledForward(config, **kwargs)
-    return Hooks(handler, [MethodHook(m, handler) for m in _targets(module)])
+    return Hooks(handler, [MethodHook(m, handler, method) for m, method in _targets(module)])
 
 
 def check_call(module: torch.nn.Module, x: torch.Tensor, role: str) -> None:
@@ -156,6 +168,10 @@ def check_call(module: torch.nn.Module, x: torch.Tensor, role: str) -> None:
     encoder or decoder or a whole VAE. Nothing runs; call it before any host code that could fail
     on bad input (memory estimates included). Modules of no known family get the NaN check only.
     """
+    host = detect_host(module)
+    if host is not None:
+        check_host_input(host, role, x)
+        return
     part = "decoder" if role == "decode" else "encoder"
     target = module if detect(module) is not None else getattr(module, part, None)
     family = detect(target) if isinstance(target, torch.nn.Module) else None

@@ -58,20 +58,18 @@ def check_input(
     dims = len(layout.split(","))
     if x.ndim != dims:
         hint = ""
-        if dims == 5:
-            hint = (
-                " add a frame axis: (batch, channels, 1, height, width)"
-                if x.ndim == 4
-                else " pass a video latent or image batch with a frame axis"
-            )
+        if dims == 5 and x.ndim == 4:
+            hint = "; a single image is one frame: (batch, channels, 1, height, width)"
+        elif dims == 4 and x.ndim == 5:
+            hint = "; a video latent needs a video VAE (Wan, Qwen-Image)"
         raise ValueError(
-            f"{family.name} takes a {dims}D ({layout}) tensor, got shape {tuple(x.shape)}{';' + hint if hint else ''}"
+            f"this {family.label}'s {family.role} takes {dims}D tensors ({layout}), got shape {tuple(x.shape)}{hint}"
         )
     if x.shape[1] != program.in_channels:
         what = "latent" if family.role == "decoder" else ("image" if dims == 4 else "input")
         raise ValueError(
-            f"the {what} has {x.shape[1]} channels but this VAE's {family.role} takes {program.in_channels}: "
-            f"connect the VAE that matches the model that made it ({channel_hint})"
+            f"the {what} has {x.shape[1]} channels but this {family.label}'s {family.role} takes "
+            f"{program.in_channels}: connect the VAE that matches the model that made it ({channel_hint})"
         )
     if program.in_level == 0 and min(x.shape[-2:]) < program.align:
         raise ValueError(

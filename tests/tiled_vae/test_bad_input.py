@@ -27,7 +27,7 @@ def test_wrong_latent_channels(vae):
     _, dec = vae
     state = _state(dec)
     with (
-        pytest.raises(ValueError, match="16 channels but this VAE's decoder takes 4"),
+        pytest.raises(ValueError, match="16 channels but this SD1.x / SDXL / SD3 / Flux VAE's decoder takes 4"),
         tiled(dec, TilingConfig(mode="tiled")),
     ):
         dec(torch.randn(1, 16, 32, 32))

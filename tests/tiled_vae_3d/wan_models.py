@@ -2,7 +2,8 @@
 
 ``LAYOUTS`` maps a name to a builder returning a :class:`Pair`. The loops (:func:`decode_frames`,
 :func:`encode_chunks`) call the decoder once per latent frame and the encoder on 1, 4, 4, ...
-frame chunks with a shared ``feat_cache`` list, as ComfyUI's and diffusers' ``WanVAE`` do.
+frame chunks with a shared ``feat_cache`` list, as ComfyUI's and diffusers' ``WanVAE`` do;
+:func:`host_decode` / :func:`host_encode` call the whole VAE's own method (what a user calls).
 """
 
 from __future__ import annotations
@@ -30,14 +31,35 @@ def randomise(module: nn.Module, seed: int = 1234) -> nn.Module:
 
 @dataclass
 class Pair:
-    """An encoder and a decoder with what a test needs to feed them."""
+    """A whole VAE, its encoder and decoder, and what a test needs to feed them (``image_channels``:
+    what the encoder itself takes; ``pixel_channels``: what the VAE's encode takes)."""
 
     name: str
-    encoder: nn.Module
-    decoder: nn.Module
+    vae: nn.Module
     latent_channels: int
     image_channels: int
     family: str
+    pixel_channels: int = 3
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.vae.encoder
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.vae.decoder
+
+
+def host_decode(vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """The VAE's own decode (diffusers' returns a DecoderOutput)."""
+    out = vae.decode(z)
+    return out if isinstance(out, torch.Tensor) else out.sample
+
+
+def host_encode(vae: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The VAE's own encode: ComfyUI's mean, diffusers' moments (mean and log variance)."""
+    out = vae.encode(x)
+    return out if isinstance(out, torch.Tensor) else out.latent_dist.parameters
 
 
 def _cache_len(module: nn.Module) -> int:
@@ -64,17 +86,17 @@ def encode_chunks(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def comfy_wan21() -> Pair:
     vae = randomise(mirror.WanVAE(dim=8, z_dim=4))
-    return Pair("comfyui-wan21", vae.encoder, vae.decoder, 4, 3, "comfyui-wan21")
+    return Pair("comfyui-wan21", vae, 4, 3, "comfyui-wan21")
 
 
 def comfy_wan22() -> Pair:
     vae = randomise(mirror.WanVAE22(dim=4, dec_dim=4, z_dim=4))
-    return Pair("comfyui-wan22", vae.encoder, vae.decoder, 4, 12, "comfyui-wan22")
+    return Pair("comfyui-wan22", vae, 4, 12, "comfyui-wan22")
 
 
 def diffusers_wan21() -> Pair:
     vae = randomise(AutoencoderKLWan(base_dim=8, z_dim=4))
-    return Pair("diffusers-wan21", vae.encoder, vae.decoder, 4, 3, "diffusers-wan")
+    return Pair("diffusers-wan21", vae, 4, 3, "diffusers-wan")
 
 
 def diffusers_wan22() -> Pair:
@@ -90,12 +112,12 @@ def diffusers_wan22() -> Pair:
             temperal_downsample=[False, True, True],
         )
     )
-    return Pair("diffusers-wan22", vae.encoder, vae.decoder, 4, 12, "diffusers-wan")
+    return Pair("diffusers-wan22", vae, 4, 12, "diffusers-wan")
 
 
 def diffusers_qwen() -> Pair:
     vae = randomise(AutoencoderKLQwenImage(base_dim=8, z_dim=4))
-    return Pair("diffusers-qwenimage", vae.encoder, vae.decoder, 4, 3, "diffusers-wan")
+    return Pair("diffusers-qwenimage", vae, 4, 3, "diffusers-wan")
 
 
 LAYOUTS = {

@@ -20,26 +20,74 @@ from .common import Unsupported
 
 @dataclass(frozen=True)
 class Family:
-    """One supported layout: ``detect`` recognises it, ``build`` makes its tile program."""
+    """One supported layout: ``detect`` recognises it, ``build`` makes its tile program; ``label``
+    is what users call the VAEs of this layout (for messages), ``name`` a stable id (for logs)."""
 
     name: str
     role: str
     dims: int
     detect: Callable[[nn.Module], bool]
     build: Callable[[nn.Module], Program | CausalProgram]
+    label: str
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("comfyui-2d-decoder", "decoder", 2, comfy_2d.is_decoder, comfy_2d.build_decoder),
-    Family("comfyui-2d-encoder", "encoder", 2, comfy_2d.is_encoder, comfy_2d.build_encoder),
-    Family("diffusers-2d-decoder", "decoder", 2, diffusers_2d.is_decoder, diffusers_2d.build_decoder),
-    Family("diffusers-2d-encoder", "encoder", 2, diffusers_2d.is_encoder, diffusers_2d.build_encoder),
-    Family("comfyui-wan21-decoder", "decoder", 3, wan_comfy.is_wan21_decoder, wan_comfy.build_decoder),
-    Family("comfyui-wan21-encoder", "encoder", 3, wan_comfy.is_wan21_encoder, wan_comfy.build_encoder),
-    Family("comfyui-wan22-decoder", "decoder", 3, wan_comfy.is_wan22_decoder, wan_comfy.build_decoder),
-    Family("comfyui-wan22-encoder", "encoder", 3, wan_comfy.is_wan22_encoder, wan_comfy.build_encoder),
-    Family("diffusers-wan-decoder", "decoder", 3, wan_diffusers.is_decoder, wan_diffusers.build_decoder),
-    Family("diffusers-wan-encoder", "encoder", 3, wan_diffusers.is_encoder, wan_diffusers.build_encoder),
+    Family(
+        "comfyui-2d-decoder", "decoder", 2, comfy_2d.is_decoder, comfy_2d.build_decoder, "SD1.x / SDXL / SD3 / Flux VAE"
+    ),
+    Family(
+        "comfyui-2d-encoder", "encoder", 2, comfy_2d.is_encoder, comfy_2d.build_encoder, "SD1.x / SDXL / SD3 / Flux VAE"
+    ),
+    Family(
+        "diffusers-2d-decoder",
+        "decoder",
+        2,
+        diffusers_2d.is_decoder,
+        diffusers_2d.build_decoder,
+        "SD1.x / SDXL / SD3 / Flux VAE (diffusers)",
+    ),
+    Family(
+        "diffusers-2d-encoder",
+        "encoder",
+        2,
+        diffusers_2d.is_encoder,
+        diffusers_2d.build_encoder,
+        "SD1.x / SDXL / SD3 / Flux VAE (diffusers)",
+    ),
+    Family(
+        "comfyui-wan21-decoder",
+        "decoder",
+        3,
+        wan_comfy.is_wan21_decoder,
+        wan_comfy.build_decoder,
+        "Wan 2.1 / Qwen-Image VAE",
+    ),
+    Family(
+        "comfyui-wan21-encoder",
+        "encoder",
+        3,
+        wan_comfy.is_wan21_encoder,
+        wan_comfy.build_encoder,
+        "Wan 2.1 / Qwen-Image VAE",
+    ),
+    Family("comfyui-wan22-decoder", "decoder", 3, wan_comfy.is_wan22_decoder, wan_comfy.build_decoder, "Wan 2.2 VAE"),
+    Family("comfyui-wan22-encoder", "encoder", 3, wan_comfy.is_wan22_encoder, wan_comfy.build_encoder, "Wan 2.2 VAE"),
+    Family(
+        "diffusers-wan-decoder",
+        "decoder",
+        3,
+        wan_diffusers.is_decoder,
+        wan_diffusers.build_decoder,
+        "Wan / Qwen-Image VAE (diffusers)",
+    ),
+    Family(
+        "diffusers-wan-encoder",
+        "encoder",
+        3,
+        wan_diffusers.is_encoder,
+        wan_diffusers.build_encoder,
+        "Wan / Qwen-Image VAE (diffusers)",
+    ),
 )
 
 

@@ -153,6 +153,7 @@ def block_stage(name: str, block: nn.Module, level: int, call: StageFn) -> tuple
         slots=slots,
         c_in=in_channels(block),
         c_out=out_channels(block),
+        time_factor=time_factor,
     )
     return stage, time_factor
 

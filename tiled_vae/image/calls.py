@@ -28,17 +28,17 @@ def run_image_call(ctx: Context, original: Callable[..., Any], family: Family, a
     report = ctx.report
     if ctx.config.mode == "untiled":
         out = ctx.run_untiled(original, "mode is 'untiled'", args, kwargs)
-        log.info(summary(family.role, report))
+        log.info(summary(_verb(family), report))
         return out
     if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
         out = ctx.run_untiled(original, "the call passes arguments the tiled path does not take", args, kwargs)
-        log.info(summary(family.role, report))
+        log.info(summary(_verb(family), report))
         return out
     try:
         program = family.build(original.__self__)
     except Unsupported as e:
         out = ctx.run_untiled(original, f"{family.name} cannot be tiled: {e}", args, kwargs)
-        log.warning(summary(family.role, report))
+        log.warning(summary(_verb(family), report))
         return out
     x = args[0]
     check_input(x, program, family, **checks_for(family))
@@ -57,8 +57,12 @@ def run_image_call(ctx: Context, original: Callable[..., Any], family: Family, a
         return _run_engine(ctx, program, x, full, tile, decision)
 
     out = execute(decision, untiled, tiled, full, program.align, x.device, report)
-    log.info(summary(family.role, report))
+    log.info(summary(_verb(family), report))
     return out
+
+
+def _verb(family: Family) -> str:
+    return "decode" if family.role == "decoder" else "encode"
 
 
 def _run_engine(

@@ -1,132 +1,96 @@
-"""Exact spatial tiling of causal video (3D) VAEs, one hooked chunk call at a time.
+"""Exact spatial tiling of causal video encoder/decoder calls made chunk by chunk by someone else.
 
-The host (ComfyUI's or diffusers' ``WanVAE``) owns the time loop: it calls the encoder or decoder
-once per chunk of frames with ``feat_cache`` / ``feat_idx`` (and ``first_chunk`` on Wan 2.2). For
-each call the tiler runs the module's :class:`~.causal_program.CausalProgram`: global stages on
-the whole frame, tiled stages window by window. Each window gets a list holding *windows of the
-full-frame cache entries* the stage owns, calls the real submodules (whose own cache logic,
-``'Rep'`` markers and ``first_chunk`` handling run unchanged), and writes the core of every new
-entry back into a full-frame entry. So the caller's ``feat_cache`` ends each call holding exactly
-what the untiled call would have left there (full-frame tensors, on the store device when the
-compute device is short): the time state needs no bookkeeping of its own, a decode starts fresh
-whenever the host starts with an all-None list, and tiled and untiled calls may even alternate.
+When the pack does not own the time loop (a hook on ``decoder.forward`` while another node's code
+calls it once per chunk with ``feat_cache`` / ``feat_idx`` / ``first_chunk``), each call is tiled on
+its own: the program's runs go in order (:meth:`~.program.CausalProgram.runs`); the middle
+attention sees the whole frame, and in a tiled run each tile runs its stages (:mod:`.windows`) with
+windows of the caller's full-frame cache entries and writes the core of every new entry back into a
+full-frame entry. So the caller's ``feat_cache``
+ends each call holding what the untiled call would have left there, a decode starts fresh whenever
+the caller starts with an all-None list, and tiled and untiled calls may even alternate. No
+full-resolution activation is held between stages: the device holds one tile's working set, the
+latent-size activations around the attention, the caller's cache and the chunk's output.
 
-Every tile recomputes only its stage's reach (2 px for a residual block), the result equals the
-untiled one up to float rounding, and device memory is bounded by the tile: full-frame
-activations, cache entries and (for decoders) the output live on the store device.
+The pack's own nodes do not come here for the VAEs it knows: they own the loop (:mod:`.tile_major`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from ..families import Family, Unsupported
-from ..geometry import Rect, level_sizes, output_extent, rect_at_level
+from ..families.wan_common import forward_params
+from ..geometry import Rect, level_sizes, rect_at_level
 from ..planner import plan_for
-from ..policy import (
-    DEFAULT_CPU_TILE,
-    USABLE_SHARE,
-    WORKSPACE_FACTOR,
-    RunReport,
-    configured_tile,
-    halved,
-    oom_errors,
-    release_cached,
-    summary,
-    tile_from_memory,
-)
+from ..policy import Context, Decision, RunReport, decide, execute, summary
 from ..validation import check_input, checks_for, full_size
-from .program import CACHE_T, CausalProgram, CausalStage
+from .budget import clip_needs
+from .program import CausalProgram, StageRun
+from .windows import Chain, chain_for, halo, predicted_extent, recomputed_share, run_chain
 
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
 
 _ARGS = ("feat_cache", "feat_idx", "first_chunk")
 
 
-def stage_window(stage: CausalStage, core: Rect, in_size: tuple[int, int]) -> Rect:
-    """The input pixels (at ``stage.level``) that the output ``core`` depends on, clipped to the frame.
-
-    Outside the frame the untiled stage sees its own zero padding, and so does the window. Windows
-    of a ``down`` stage start and end on even pixels, so the stride-2 grid (and a 2x2 average
-    shortcut) lines up with the untiled one.
-    """
-    ri, ro = stage.reach_in, stage.reach_out
-
-    def span(a: int, b: int, size: int) -> tuple[int, int]:
-        if stage.geometry == "same":
-            lo, hi = a - ri - ro, b + ri + ro
-        elif stage.geometry == "up":
-            lo, hi = (a - ro) // 2 - ri, -((-(b + ro)) // 2) + ri
-        else:
-            lo, hi = 2 * a - ri, 2 * (b - 1) + 2 * ro + 1 + ri
-            lo, hi = lo - lo % 2, hi + hi % 2
-        return max(0, lo), min(size, hi)
-
-    y0, y1 = span(core.y0, core.y1, in_size[0])
-    x0, x1 = span(core.x0, core.x1, in_size[1])
-    return Rect(y0, y1, x0, x1)
-
-
-def _expected_extent(stage: CausalStage, window: Rect) -> Rect:
-    """The output extent of ``window`` before running it (used to cut windows of output-level cache entries)."""
-    if stage.geometry == "same":
-        return window
-    if stage.geometry == "up":
-        return Rect(2 * window.y0, 2 * window.y1, 2 * window.x0, 2 * window.x1)
-    return Rect(window.y0 // 2, window.y1 // 2, window.x0 // 2, window.x1 // 2)
-
-
 class ChunkCalls:
-    """Runs hooked calls of a causal 3D encoder/decoder for a :class:`~.tiler.TiledForward` handler.
+    """Runs hooked chunk calls of a causal 3D encoder/decoder for a :class:`~..tiler.TiledForward`.
 
-    Uses the handler's ``config``, ``report``, ``progress``, ``check_interrupt``, ``free_memory``
-    and ``plan``; keeps only per-decode bookkeeping (progress counts, a tile size reduced after
-    running out of memory), reset whenever a call starts a new decode.
+    Keeps only per-decode bookkeeping (calls and tiles done, for progress; a tile size reduced after
+    running out of memory; whether the run's line was logged), reset whenever a call starts a new
+    decode (an all-None cache list).
     """
 
-    def __init__(self, handler: Any) -> None:
-        self.h = handler
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
         self.done = 0
         self.calls = 0
         self.tile_limit: int | None = None
-        self._programs: dict[tuple[int, str], tuple[torch.nn.Module, CausalProgram]] = {}
+        self._programs: dict[int, tuple[torch.nn.Module, CausalProgram]] = {}
 
-    # --- entry point -----------------------------------------------------------------------
     def __call__(self, original: Callable[..., Any], family: Family, args: tuple, kwargs: dict) -> Any:
-        h = self.h
-        h.report = RunReport(family=family.name)
-        if h.config.mode == "untiled":
-            return h.run_untiled(original, "mode is 'untiled'", args, kwargs)
-        try:
-            program = self._program(family, original.__self__)
-        except Unsupported as e:
-            out = h.run_untiled(original, f"{family.name} cannot be tiled: {e}", args, kwargs)
-            log.warning(summary(family.role, h.report))
-            return out
-        call = _bind(program, args, kwargs)
-        if call is None:
-            reason = f"{family.name}: the call passes arguments the tiled path does not take"
-            return h.run_untiled(original, reason, args, kwargs)
-        x, cache, idx, first_chunk = call
-        check_input(x, program, family, **checks_for(family))
-        if cache is None or all(v is None for v in cache):
+        ctx = self.ctx
+        module = original.__self__
+        call = _bind(module, args, kwargs)
+        if call is not None and (call[1] is None or all(v is None for v in call[1])):
             self.done = self.calls = 0
             self.tile_limit = None
         self.calls += 1
-        return self._run(program, original, x, cache, idx, first_chunk, args, kwargs)
+        if self.calls == 1:
+            ctx.report = RunReport(family=family.name)
+        reason = "mode is 'untiled'" if ctx.config.mode == "untiled" else None
+        if reason is None and call is None:
+            reason = "the call passes arguments the tiled path does not take"
+        program = None
+        if reason is None:
+            try:
+                program = self._program(family, module)
+            except Unsupported as e:
+                reason = f"{family.name} cannot be tiled: {e}"
+        if program is None or call is None:
+            out = ctx.run_untiled(original, reason or "", args, kwargs)
+            if self.calls == 1:
+                (log.warning if "cannot be tiled" in reason else log.info)(summary(f"{family.role} call", ctx.report))
+            return out
+        x, cache, idx, first_chunk = call
+        check_input(x, program, family, **checks_for(family))
+        out = self._run(program, original, x, cache, idx, first_chunk, args, kwargs)
+        if self.calls == 1:
+            log.info(summary(f"{family.role} call, per chunk", ctx.report))
+        return out
 
     def _program(self, family: Family, module: torch.nn.Module) -> CausalProgram:
-        """The module's program, built once per module and family for the handler's lifetime."""
-        key = (id(module), family.name)
+        """The module's program, built once per module for the handler's lifetime."""
+        key = id(module)
         if key not in self._programs:
             self._programs[key] = (module, family.build(module))
         return self._programs[key][1]
 
-    # --- one call ----------------------------------------------------------------------------
     def _run(
         self,
         program: CausalProgram,
@@ -138,80 +102,74 @@ class ChunkCalls:
         args: tuple,
         kwargs: dict,
     ) -> torch.Tensor:
-        h = self.h
+        ctx, report = self.ctx, self.ctx.report
         full = full_size(program, x)
-        tile = self._tile_size(program, x)
-        if h.config.mode == "auto" and tile >= max(full):
-            h.report.tile_size = tile
-            saved, start = (list(cache) if cache is not None else None), idx[0]
+        cache_bytes = sum(v.numel() * v.element_size() for v in cache or () if isinstance(v, torch.Tensor))
+        estimate = ctx.untiled_memory(x) if ctx.untiled_memory is not None else None
+        factor = 1
+        for s in program.stages:
+            factor *= s.time_factor
+        needs = clip_needs(program.runs(), x.shape[0], x.shape[2], 1, full, x.shape[2] * factor, x.dtype, estimate)
+        needs = replace(needs, store=needs.store + cache_bytes)  # the caller's new cache, made tile by tile
+        free = ctx.free_memory(x.device)
+        decision = decide(ctx.config, full, program.align, needs, free)
+        if self.tile_limit and not decision.untiled:
+            decision = Decision(False, min(decision.tile, self.tile_limit), decision.store_budget, decision.reason)
+        report.free, report.needs, report.reason = free, needs, decision.reason
+        saved = (list(cache) if cache is not None else None), idx[0]
+
+        def restoring(run: Callable[[], Any]) -> Any:
+            """Run, putting the caller's cache list back as it was if the run fails (for a retry)."""
             try:
-                return h.run_untiled(original, f"the frame ({full[1]}x{full[0]} px) fits in one tile", args, kwargs)
-            except oom_errors():
-                pass  # leave the except block first so the failed attempt's tensors can be freed
-            if cache is not None:
-                cache[:] = saved
-            idx[0] = start
-            release_cached(x.device)
-            tile = self.tile_limit = halved(max(full), program.align)
-            log.warning("out of device memory untiled; tiling with tiles of %d px", tile)
-        store = self._store_device(program, x, full, tile)
-        report = h.report
-        report.tiled, report.store, report.tile_size = True, str(store), tile
-        sizes = level_sizes(full[0], full[1], program.levels)
-        run = _Run(self, program, x, full, sizes, store, tile)
-        if self.calls == 1:
-            log.info(
-                "tiled %s: %dx%d px per frame, tiles of up to %d px (%s planner), activations on %s",
-                report.family,
-                full[1],
-                full[0],
-                tile,
-                h.config.planner,
-                store,
-            )
-        with torch.no_grad():  # never keep an autograd graph across tiles
-            out = run.all_stages(cache, idx, first_chunk)
-        report.tile_size, report.plan = run.tile, run.plan_for(run.tile)
-        report.retries, report.halo_overhead = run.retries, run.halo_overhead()
-        if run.tile < tile:
-            self.tile_limit = run.tile
-        # A decoder's output goes to the store device: the host concatenates frames there, so device
-        # memory does not grow with the clip. An encoder's output stays where the host expects it.
-        return out if program.out_level == 0 and program.in_level > 0 else out.to(x.device)
+                return run()
+            except BaseException:
+                if cache is not None:
+                    cache[:] = saved[0]
+                idx[0] = saved[1]
+                raise
 
-    def _tile_size(self, program: CausalProgram, x: torch.Tensor) -> int:
-        align = program.align
-        if self.h.config.tile_size:
-            tile = configured_tile(self.h.config, align)
-        else:
-            free = self.h.free_memory(x.device)
-            per_pixel = call_bytes_per_pixel(program, x)
-            tile = DEFAULT_CPU_TILE if free is None else tile_from_memory(free * USABLE_SHARE / 2, per_pixel, align)
-        return min(tile, self.tile_limit) if self.tile_limit else tile
+        def untiled() -> Any:
+            report.tiled = False
+            return restoring(lambda: original(*args, **kwargs))
 
-    def _store_device(self, program: CausalProgram, x: torch.Tensor, full: tuple[int, int], tile: int) -> torch.device:
-        choice = self.h.config.activation_store
-        if x.device.type == "cpu" or choice == "device":
-            return x.device
-        if choice == "cpu":
-            return torch.device("cpu")
-        free = self.h.free_memory(x.device)
-        need = _store_bytes(program, x, full)
-        return x.device if free is not None and need <= free // 2 else torch.device("cpu")
+        def tiled(tile: int) -> torch.Tensor:
+            store = x.device if decision.store_budget >= needs.store else torch.device("cpu")
+            run = _Call(self, program, x, full, store, tile)
+            with torch.no_grad():  # never keep an autograd graph across tiles
+                out = restoring(lambda: run(cache, idx, first_chunk))
+            self.tile_limit = tile
+            return out
 
-    def tick(self, done_in_call: int, total_in_call: int, calls_hint: int | None) -> None:
+        return execute(decision, untiled, tiled, full, program.align, x.device, report)
+
+    def tick(self, total_in_call: int, done_in_call: int, calls_hint: int | None) -> None:
+        """One tile done: progress over the whole decode (estimated from this call's tiles), interrupt."""
         self.done += 1
-        progress = self.h.progress
+        progress = self.ctx.progress
         if progress is not None:
             remaining_calls = max(0, (calls_hint or self.calls) - self.calls)
             total = self.done - done_in_call + total_in_call + remaining_calls * total_in_call
             progress(self.done, max(total, self.done))
-        if self.h.check_interrupt is not None:
-            self.h.check_interrupt()
+        if self.ctx.check_interrupt is not None:
+            self.ctx.check_interrupt()
 
 
-class _Run:
-    """The stages of one hooked call over one frame chunk."""
+@dataclass(frozen=True)
+class _Slot:
+    """Where one time-cache entry of a tiled run lives for one tile: the owning stage's input window
+    and output extent, the frame sizes at those levels, and the tile's cores there (what the tile
+    writes back)."""
+
+    window: Rect
+    extent: Rect
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+    core_in: Rect
+    core_out: Rect
+
+
+class _Call:
+    """One hooked chunk call: the program's runs in order, the tiled ones tile by tile."""
 
     def __init__(
         self,
@@ -219,215 +177,145 @@ class _Run:
         program: CausalProgram,
         x: torch.Tensor,
         full: tuple[int, int],
-        sizes: list[tuple[int, int]],
         store: torch.device,
         tile: int,
     ) -> None:
-        self.owner = owner
-        self.program = program
-        self.x = x
+        self.owner, self.program, self.x, self.full, self.store = owner, program, x, full, store
         self.device = x.device
-        self.full = full
-        self.sizes = sizes
-        self.store = store
-        self.tile = tile
-        self.retries = 0
-        self.kept: torch.Tensor | None = None
-        self._plans: dict[int, list[Rect]] = {}
-        self.calls_hint = _calls_hint(x, program)
-        self.done_in_call = 0
-        self.total_in_call = sum(len(self.cores(s)) for s in program.window_steps())
+        self.sizes = level_sizes(full[0], full[1], program.levels)
+        self.runs = program.runs()
+        config, align = owner.ctx.config, program.align
+        cell = align if program.in_level == 0 else 1
+        self.plan = plan_for(config.planner, config.min_tile_size, x[:, :, -1], full, tile, align, cell)
+        report = owner.ctx.report
+        report.tiled, report.tile_size, report.plan, report.store = True, tile, self.plan, str(store)
+        report.halo = max(halo(r.stages) << r.stages[0].level for r in self.runs if r.tiled)
+        self.total = len(self.plan) * sum(1 for r in self.runs if r.tiled)
+        self.done = 0
 
-    def plan_for(self, tile: int) -> list[Rect]:
-        if tile not in self._plans:
-            frame, config, align = self.x[:, :, -1], self.owner.h.config, self.program.align
-            cell = align if self.program.in_level == 0 else 1
-            self._plans[tile] = plan_for(config.planner, config.min_tile_size, frame, self.full, tile, align, cell)
-        return self._plans[tile]
-
-    def cores(self, stage: CausalStage, tile: int | None = None) -> list[tuple[Rect, Rect]]:
-        """(core at the input level, core at the output level) per tile; one tile when the stage's
-        finer level fits in one."""
-        tile = tile or self.tile
-        fine = min(stage.level, stage.out_level)
-        hin, win = self.sizes[stage.level]
-        hout, wout = self.sizes[stage.out_level]
-        hf, wf = self.sizes[fine]
-        if max(hf, wf) <= tile >> fine:
-            return [(Rect(0, hin, 0, win), Rect(0, hout, 0, wout))]
-        pairs = []
-        for r in self.plan_for(tile):
-            c_in = rect_at_level(r, stage.level, self.full, self.sizes)
-            c_out = rect_at_level(r, stage.out_level, self.full, self.sizes)
-            if c_out.area > 0:
-                pairs.append((c_in, c_out))
-        return pairs
-
-    def all_stages(self, cache: list[Any] | None, idx: list[int], first_chunk: bool) -> torch.Tensor:
-        counter = [idx[0]]
+    def __call__(self, cache: list[Any] | None, idx: list[int], first_chunk: bool) -> torch.Tensor:
+        """Run every stage on this chunk; the caller's cache list ends as the untiled call leaves it."""
         h = self.x
-        for stage in self.program.stages:
-            if stage.keeps_input:
-                self.kept = h
-            if not stage.tiled:
-                h = stage.fn(h.to(self.device), cache, counter, first_chunk)
-                if self.owner.h.check_interrupt is not None:
-                    self.owner.h.check_interrupt()
-            else:
-                h = self._tiled_stage(stage, h, cache, counter, first_chunk)
-            if stage.shortcut is not None:
-                self.kept = None
-        idx[0] = counter[0]
-        return h
+        shares = []
+        for k, run in enumerate(self.runs):
+            if not run.tiled:
+                counter = [idx[0] + run.first_slot]
+                for stage in run.stages:
+                    h = stage.fn(h.to(self.device), cache, counter, first_chunk)
+                continue
+            last = k == len(self.runs) - 1
+            h, share = self._tiles(
+                run, h, cache, idx[0] + run.first_slot, first_chunk, self.store if last else self.device
+            )
+            shares.append(share)
+        idx[0] += self.program.slots_before(len(self.program.stages))
+        self.owner.ctx.report.halo_overhead = max(shares, default=0.0)
+        # A decoder's output stays on the store: the caller concatenates frames there, so device memory
+        # does not grow with the clip. An encoder's output goes where the caller expects it.
+        return h if self.program.out_level == 0 else h.to(self.device)
 
-    def _tiled_stage(
-        self, stage: CausalStage, h: torch.Tensor, cache: list[Any] | None, counter: list[int], first_chunk: bool
-    ) -> torch.Tensor:
-        oom = oom_errors()
-        while True:
-            try:
-                out, new = self._tiles(stage, h, cache, counter[0], first_chunk)
-                break
-            except oom:
-                if self.tile // 2 < self.program.align:
-                    raise
-            release_cached(self.device)
-            self.tile = halved(self.tile, self.program.align)
-            self.retries += 1
-            log.warning("out of device memory in %s; retrying with tiles of %d px", stage.name, self.tile)
-        if cache is not None:
-            for i, value in new.items():
-                cache[i] = value
-            counter[0] += stage.slots
-        return out
+    def _slots(self, run: StageRun, rect: Rect, chain: Chain, start: int) -> dict[int, _Slot]:
+        """The run's cache entries for one tile, by index."""
+        slots, i = {}, start
+        for stage, window in zip(run.stages, chain.windows, strict=True):
+            core_in = rect_at_level(rect, stage.level, self.full, self.sizes)
+            core_out = rect_at_level(rect, stage.out_level, self.full, self.sizes)
+            extent = predicted_extent(stage, window)
+            in_size, out_size = self.sizes[stage.level], self.sizes[stage.out_level]
+            for j in range(i, i + stage.slots):
+                slots[j] = _Slot(window, extent, in_size, out_size, core_in, core_out)
+            i += stage.slots
+        return slots
 
     def _tiles(
-        self, stage: CausalStage, h: torch.Tensor, cache: list[Any] | None, start: int, first_chunk: bool
-    ) -> tuple[torch.Tensor, dict[int, Any]]:
-        in_size = (h.shape[-2], h.shape[-1])
-        out_size = self.sizes[stage.out_level]
-        slots = range(start, start + stage.slots)
+        self,
+        run: StageRun,
+        h: torch.Tensor,
+        cache: list[Any] | None,
+        start: int,
+        first_chunk: bool,
+        where: torch.device,
+    ) -> tuple[torch.Tensor, float]:
+        """One tiled run over the chunk: windows of the caller's cache in, cores of the new entries
+        back (the list is updated when every tile is done), each tile's core into the output."""
+        level = run.stages[-1].out_level
+        chains = [chain_for(run.stages, rect_at_level(r, level, self.full, self.sizes), self.sizes) for r in self.plan]
         new: dict[int, Any] = {}
         out: torch.Tensor | None = None
-        for core_in, core in self.cores(stage):
-            window = stage_window(stage, core, in_size)
-            expected = _expected_extent(stage, window)
+        hint = _calls_hint(self.x, self.program)
+        for rect, chain in zip(self.plan, chains, strict=True):
+            slots = self._slots(run, rect, chain, start)
             local = None
             if cache is not None:
                 local = [None] * len(cache)
-                for i in slots:
-                    local[i] = _cut(cache[i], in_size, window, out_size, expected, self.device)
-            t = h[(..., *window.slices())].to(self.device)
+                for i, slot in slots.items():
+                    local[i] = _cut(cache[i], slot, self.device)
             counter = [start]
-            y = stage.fn(t, local, counter, first_chunk)
+            t = h[(..., *chain.windows[0].slices())].to(self.device)
+            y = run_chain(run.stages, chain, t, self.sizes, local, counter, first_chunk)
             del t
-            if cache is not None and counter[0] != start + stage.slots:
+            if cache is not None and counter[0] - start != run.slots:
                 raise RuntimeError(
-                    f"{stage.name} used {counter[0] - start} time-cache entries, the layout says {stage.slots}: "
-                    "this VAE variant is not supported tiled; set mode to 'untiled'"
+                    f"{run.stages[0].name}...: the tiled stages used {counter[0] - start} time-cache entries, the "
+                    f"layout says {run.slots}: this VAE variant is not supported tiled; set mode to 'untiled'"
                 )
-            extent = output_extent(stage.geometry, window, y.shape[-2:])
             if out is None:
-                out = torch.empty((*y.shape[:-2], *out_size), dtype=y.dtype, device=self.store)
-            y = y[(..., *core.relative_to(extent).slices())]
-            if stage.shortcut is not None:
-                y = y + self._shortcut(stage, core, first_chunk, cache is not None)
-            out[(..., *core.slices())] = y.to(self.store)
+                out = torch.empty((*y.shape[:-2], *self.sizes[level]), dtype=y.dtype, device=where)
+            out[(..., *chain.core.slices())] = y.to(where)
             del y
             if local is not None:
-                for i in slots:
-                    self._write_back(new, i, local[i], window, core_in, extent, core, in_size, out_size)
-            self.done_in_call += 1
-            self.owner.tick(self.done_in_call, self.total_in_call, self.calls_hint)
+                for i, slot in slots.items():
+                    _write_back(new, i, local[i], slot, self.store)
+            self.done += 1
+            self.owner.tick(self.total, self.done, hint)
         if out is None:
-            raise RuntimeError(f"{stage.name}: the tile plan has no tile at this level")
-        return out, new
-
-    def _shortcut(self, stage: CausalStage, core: Rect, first_chunk: bool, cached: bool) -> torch.Tensor:
-        """A residual group's pixel-shuffle shortcut of the kept group input, at the output ``core``."""
-        kept = self.kept
-        if kept is None:
-            raise RuntimeError(f"{stage.name}: no group input was kept for its shortcut")
-        h, w = kept.shape[-2:]
-        if stage.geometry == "up":
-            src = Rect(core.y0 // 2, -(-core.y1 // 2), core.x0 // 2, -(-core.x1 // 2))
-            extent = Rect(2 * src.y0, 2 * src.y1, 2 * src.x0, 2 * src.x1)
-        elif stage.geometry == "down":
-            src = Rect(2 * core.y0, min(h, 2 * core.y1), 2 * core.x0, min(w, 2 * core.x1))
-            extent = Rect(core.y0, core.y0 + src.height // 2, core.x0, core.x0 + src.width // 2)
-        else:
-            src = extent = core
-        y = stage.shortcut(kept[(..., *src.slices())].to(self.device), first_chunk, cached)
-        return y[(..., *core.relative_to(extent).slices())]
-
-    def _write_back(
-        self,
-        new: dict[int, Any],
-        i: int,
-        value: Any,
-        window: Rect,
-        core_in: Rect,
-        extent: Rect,
-        core_out: Rect,
-        in_size: tuple[int, int],
-        out_size: tuple[int, int],
-    ) -> None:
-        """Put the core of a window's new cache entry into the full-frame entry ``new[i]``."""
-        if not isinstance(value, torch.Tensor):
-            new[i] = value  # None or the 'Rep' marker: the same in every window
-            return
-        hw = (value.shape[-2], value.shape[-1])
-        if hw == (window.height, window.width):
-            outer, core, size = window, core_in, in_size
-        elif hw == (extent.height, extent.width):
-            outer, core, size = extent, core_out, out_size
-        else:
-            raise RuntimeError(
-                f"time-cache entry {i} has spatial size {hw}, neither the window's input {window.height}x"
-                f"{window.width} nor its output {extent.height}x{extent.width}: this VAE variant is not "
-                "supported tiled; set mode to 'untiled'"
-            )
-        full = new.get(i)
-        if full is None:
-            full = new[i] = torch.empty((*value.shape[:-2], *size), dtype=value.dtype, device=self.store)
-        full[(..., *core.slices())] = value[(..., *core.relative_to(outer).slices())].to(self.store)
-
-    def halo_overhead(self) -> float:
-        """Extra input the tiles read (and recompute) over an untiled run, as a fraction (geometry only)."""
-        tiled = plain = 0
-        for stage in self.program.window_steps():
-            in_size = self.sizes[stage.level]
-            plain += in_size[0] * in_size[1] * stage.c_in
-            windows = (stage_window(stage, c, in_size).area for _, c in self.cores(stage))
-            tiled += sum(windows) * stage.c_in
-        return tiled / plain - 1 if plain else 0.0
+            raise RuntimeError("the tile plan has no tile")
+        if cache is not None:
+            for i, value in new.items():
+                cache[i] = value
+        return out, recomputed_share(run.stages, chains, self.sizes)
 
 
-def _cut(
-    entry: Any,
-    in_size: tuple[int, int],
-    window: Rect,
-    out_size: tuple[int, int],
-    expected: Rect,
-    device: torch.device,
-) -> Any:
-    """The window of a full-frame cache entry a tile's stage call reads (None and 'Rep' pass as they are)."""
+def _cut(entry: Any, slot: _Slot, device: torch.device) -> Any:
+    """The tile's window of a full-frame cache entry (None and the 'Rep' marker pass as they are)."""
     if not isinstance(entry, torch.Tensor):
         return entry
-    hw = (entry.shape[-2], entry.shape[-1])
-    if hw == in_size:
-        return entry[(..., *window.slices())].to(device)
-    if hw == out_size:
-        return entry[(..., *expected.slices())].to(device)
+    hw = tuple(entry.shape[-2:])
+    if hw == slot.in_size:
+        return entry[(..., *slot.window.slices())].to(device)
+    if hw == slot.out_size:
+        return entry[(..., *slot.extent.slices())].to(device)
     raise RuntimeError(
-        f"a time-cache entry has spatial size {hw} but this call's frame is {in_size[0]}x{in_size[1]}: "
+        f"a time-cache entry has spatial size {hw} but this call's frame is {slot.in_size[0]}x{slot.in_size[1]} there: "
         "the cache belongs to a different decode; start a new decode with a fresh cache list"
     )
 
 
-def _bind(program: CausalProgram, args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any, list[int], bool] | None:
+def _write_back(new: dict[int, Any], i: int, value: Any, slot: _Slot, store: torch.device) -> None:
+    """Put the core of a tile's new cache entry into the full-frame entry ``new[i]``."""
+    if not isinstance(value, torch.Tensor):
+        new[i] = value  # None or the 'Rep' marker: the same in every tile
+        return
+    hw = (value.shape[-2], value.shape[-1])
+    if hw == (slot.window.height, slot.window.width):
+        outer, core, size = slot.window, slot.core_in, slot.in_size
+    elif hw == (slot.extent.height, slot.extent.width):
+        outer, core, size = slot.extent, slot.core_out, slot.out_size
+    else:
+        raise RuntimeError(
+            f"time-cache entry {i} has spatial size {hw}, neither the window's input {slot.window.height}x"
+            f"{slot.window.width} nor its output {slot.extent.height}x{slot.extent.width}: this VAE variant is not "
+            "supported tiled; set mode to 'untiled'"
+        )
+    full = new.get(i)
+    if full is None:
+        full = new[i] = torch.empty((*value.shape[:-2], *size), dtype=value.dtype, device=store)
+    full[(..., *core.slices())] = value[(..., *core.relative_to(outer).slices())].to(store)
+
+
+def _bind(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, Any, list[int], bool] | None:
     """(x, feat_cache, feat_idx, first_chunk) from a call, or None when it passes anything else."""
-    names = ("x", *program.call_args)
+    names = ("x", *forward_params(module))
     if len(args) > len(names) or not args:
         return None
     bound = dict(zip(names, args, strict=False))
@@ -447,42 +335,8 @@ def _bind(program: CausalProgram, args: tuple, kwargs: dict) -> tuple[torch.Tens
     return x, cache, idx, bool(bound.get("first_chunk", False))
 
 
-def _frames(program: CausalProgram, x: torch.Tensor) -> int:
-    return x.shape[2] * program.time_factor
-
-
-def call_bytes_per_pixel(program: CausalProgram, x: torch.Tensor) -> float:
-    """Device bytes one full-resolution tile pixel costs in the heaviest tiled stage of one call.
-
-    Per stage at level ``k``: the input window (and a float32 normalised copy), the output twice
-    (result and cropped copy) over the chunk's frames, plus the stage's cache windows
-    (``CACHE_T`` frames per entry), divided by ``4**k``, times the workspace allowance.
-    """
-    size = torch.finfo(x.dtype).bits // 8
-    frames = _frames(program, x)
-    worst = 0.0
-    for s in program.window_steps():
-        level = min(s.level, s.out_level)
-        per = (s.c_in * (size + 4) + s.c_out * 3 * size) * frames + s.slots * CACHE_T * max(s.c_in, s.c_out) * size
-        worst = max(worst, per / 4**level)
-    return worst * x.shape[0] * WORKSPACE_FACTOR
-
-
-def _store_bytes(program: CausalProgram, x: torch.Tensor, full: tuple[int, int]) -> int:
-    """Bytes of the full-frame state of one call: every cache entry plus the largest stage in and out."""
-    size = torch.finfo(x.dtype).bits // 8
-    frames = _frames(program, x)
-    caches = stage = 0
-    for s in program.window_steps():
-        level = min(s.level, s.out_level)
-        px = (full[0] >> level) * (full[1] >> level)
-        caches += px * s.slots * CACHE_T * max(s.c_in, s.c_out) * size
-        stage = max(stage, px * (s.c_in + s.c_out) * frames * size)
-    return (caches + 2 * stage) * x.shape[0]
-
-
 def _calls_hint(x: torch.Tensor, program: CausalProgram) -> int | None:
-    """How many calls this decode will make, when ``x`` is a frame slice of the host's whole clip."""
+    """How many calls this decode will make, when ``x`` is a frame slice of the caller's whole clip."""
     base = getattr(x, "_base", None)
     if not isinstance(base, torch.Tensor) or base.ndim != 5 or base.shape[-2:] != x.shape[-2:]:
         return None

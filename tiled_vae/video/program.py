@@ -46,8 +46,9 @@ class CausalStage:
     stride-2 convolution inside). ``reach_in`` is the context (pixels each side, input level) of the
     convolutions before the resampling, ``reach_out`` that of the resampling convolution (output
     level for ``up``, the half kernel of the stride-2 convolution for ``down``). ``slots`` is the
-    number of ``feat_cache`` entries the stage reads and writes. ``tiled`` is False for stages that
-    must see the whole frame.
+    number of ``feat_cache`` entries the stage reads and writes, ``time_factor`` how many output
+    frames it makes per input frame (2 for a temporal upsampler). ``tiled`` is False for stages
+    that must see the whole frame.
 
     Wan 2.2 residual groups (``x -> blocks(x) + shortcut(x)``) run as one stage per block: the
     first keeps its input (``keeps_input``), the last adds ``shortcut(kept input, first_chunk,
@@ -64,6 +65,7 @@ class CausalStage:
     slots: int = 0
     c_in: int = 0
     c_out: int = 0
+    time_factor: int = 1
     tiled: bool = True
     keeps_input: bool = False
     shortcut: Callable[[torch.Tensor, bool, bool], torch.Tensor] | None = None
@@ -74,6 +76,22 @@ class CausalStage:
 
 
 @dataclass
+class StageRun:
+    """Consecutive stages run the same way: ``tiled`` (window by window, each tile with its own time
+    cache) or not (the whole frame at once); ``first_slot`` is the ``feat_cache`` entry the first
+    stage reads."""
+
+    stages: list[CausalStage]
+    tiled: bool
+    first_slot: int
+
+    @property
+    def slots(self) -> int:
+        """``feat_cache`` entries the run reads and writes."""
+        return sum(s.slots for s in self.stages)
+
+
+@dataclass
 class CausalProgram:
     """The stages of one causal encoder or decoder, plus what the tiler needs to plan it.
 
@@ -81,6 +99,9 @@ class CausalProgram:
     ``in_level`` and the output at ``out_level`` (a decoder reads at ``levels`` and writes at 0).
     ``call_args`` names the forward's parameters after ``x``, in order; ``time_factor`` is how many
     frames the widest stage holds per input frame (temporal upsampling in a decoder).
+
+    The stages split into runs (:meth:`runs`): the middle attention, which must see the whole
+    frame, and the spatially local stages before and after it, which run tile by tile.
     """
 
     stages: list[CausalStage]
@@ -96,9 +117,20 @@ class CausalProgram:
         """Full-resolution pixels per pixel of the lowest level: interior tile edges sit on it."""
         return 2**self.levels
 
-    def window_steps(self) -> list[CausalStage]:
-        """The tiled stages (the name matches :meth:`~.program.Program.window_steps` for the budget)."""
-        return [s for s in self.stages if s.tiled]
+    def runs(self) -> list[StageRun]:
+        """The stages cut into runs: each global stage (the middle attention) alone, and the maximal
+        runs of tiled stages between them, in order."""
+        runs: list[StageRun] = []
+        for i, stage in enumerate(self.stages):
+            if runs and runs[-1].tiled and stage.tiled:
+                runs[-1].stages.append(stage)
+            else:
+                runs.append(StageRun([stage], stage.tiled, self.slots_before(i)))
+        return runs
+
+    def slots_before(self, index: int) -> int:
+        """``feat_cache`` entries the stages before ``index`` use: where stage ``index`` starts reading."""
+        return sum(s.slots for s in self.stages[:index])
 
 
 def cached_conv(
