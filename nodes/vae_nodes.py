@@ -174,20 +174,17 @@ class QuadtreeTilePreview:
         import comfy.model_management as mm
 
         if samples is not None:
-            x = samples["samples"]
+            x, role = samples["samples"], "decode"
             check_latent(vae, x)
-            check_call(model, x, "decode")
-            module, ratio = model.decoder, vae.spacial_compression_decode()
+            module, ratio = getattr(model, "decoder", model), vae.spacial_compression_decode()
         else:
             check_image(vae, image)
-            x = comfy_vae.encoder_input(vae, image)
-            check_call(model, x, "encode")
-            module, ratio = model.encoder, vae.spacial_compression_encode()
+            x, role = comfy_vae.encoder_input(vae, image), "encode"
+            module, ratio = getattr(model, "encoder", model), vae.spacial_compression_encode()
+        check_call(model, x, role)
         config = in_image_pixels(config, module, ratio)
-        if x.ndim == 5:  # a video VAE: plan one frame (tiles are spatial and the same for all frames)
-            x = x[:, :, 0]
         plan, full = plan_tiles(
-            module, x.to(vae.vae_dtype), config, free_memory=lambda _: mm.get_free_memory(vae.device)
+            model, x.to(vae.vae_dtype), config, role, free_memory=lambda _: mm.get_free_memory(vae.device)
         )
         return (draw_plan(image, plan, full),)
 

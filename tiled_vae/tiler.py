@@ -12,20 +12,22 @@ import torch
 from .families import LOOKED_FOR, Unsupported, detect
 from .geometry import Rect
 from .hook import Hooks, MethodHook
+from .image.budget import image_needs
 from .image.calls import run_image_call
 from .planner import plan_for
 from .policy import (
-    DEFAULT_CPU_TILE,
     Progress,
     RunReport,
     TilingConfig,
-    configured_tile,
+    decide,
     default_free_memory,
 )
 from .validation import check_input, checks_for, full_size
+from .video.budget import clip_needs
 from .video.chunk_calls import ChunkCalls
 from .video.hosts import detect_host
-from .video.tile_major import check_host_input, run_host_call
+from .video.program import ClipShape
+from .video.tile_major import check_host_input, clip_needs_of, run_host_call
 
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
 
@@ -91,27 +93,44 @@ def plan_tiles(
     module: torch.nn.Module,
     x: torch.Tensor,
     config: TilingConfig,
+    role: str,
     free_memory: Callable[[torch.device], int | None] = default_free_memory,
 ) -> tuple[list[Rect], tuple[int, int]]:
-    """The tile plan (full-resolution rectangles) and full size a tiled call of ``module`` on ``x``
-    (one frame of a video: ``(B, C, h, w)``) would use, for previews.
+    """The tile plan (rectangles at the module's full resolution) and that full size, that a tiled
+    ``role`` (``"decode"`` / ``"encode"``) of ``x`` by ``module`` would use, for previews.
 
-    The tile is ``config.tile_size``, or on a CPU the default; an automatic tile on a GPU depends
-    on the whole call and is previewed at the default too. Raises ValueError when no registered
-    family can tile ``module`` or ``x`` does not fit it.
+    ``module`` is a whole VAE or its encoder or decoder; ``x`` is what its method takes (a video
+    VAE's input has a frame axis). An automatic tile (``tile_size`` 0) is the one the tiled run
+    would choose with ``free_memory``. Nothing runs. Raises ValueError when no registered family
+    can tile ``module`` or ``x`` does not fit it.
     """
-    family = detect(module)
-    if family is None:
-        raise ValueError(f"{type(module).__name__} matches no VAE family this pack can tile")
-    try:
-        program = family.build(module)
-    except Unsupported as e:
-        raise ValueError(f"{family.name} cannot be tiled: {e}") from e
-    check_input(x.unsqueeze(2) if family.dims == 3 else x, program, family, **checks_for(family))
-    full = full_size(program, x)
-    tile = configured_tile(config, program.align) if config.tile_size else DEFAULT_CPU_TILE
+    host = detect_host(module)
+    if host is not None:
+        check_host_input(host, role, x)
+        needs, shape = clip_needs_of(host, role, x, None)
+        part, family = host.part(role)
+        program, full = family.build(part), shape.full
+        first = x[:, :, :1]
+        frame = (host.before_encode(first) if role == "encode" else first)[:, :, 0]
+    else:
+        target = module if detect(module) is not None else getattr(module, f"{role}r", None)
+        family = detect(target) if isinstance(target, torch.nn.Module) else None
+        if family is None:
+            raise ValueError(f"{type(module).__name__} has no {role}r this pack can tile")
+        try:
+            program = family.build(target)
+        except Unsupported as e:
+            raise ValueError(f"{family.name} cannot be tiled: {e}") from e
+        check_input(x, program, family, **checks_for(family))
+        full = full_size(program, x)
+        if family.dims == 3:
+            shape = ClipShape([(0, x.shape[2])], full, x.shape[2])
+            needs, frame = clip_needs(program.runs(), x.shape[0], shape, x.dtype, None), x[:, :, 0]
+        else:
+            needs, frame = image_needs(program, x, full, None), x
+    decision = decide(replace(config, mode="tiled"), full, program.align, needs, free_memory(x.device))
     cell = program.align if program.in_level == 0 else 1
-    return plan_for(config.planner, config.min_tile_size, x, full, tile, program.align, cell), full
+    return plan_for(config.planner, config.min_tile_size, frame, full, decision.tile, program.align, cell), full
 
 
 def in_image_pixels(config: TilingConfig, module: torch.nn.Module, image_ratio: int) -> TilingConfig:

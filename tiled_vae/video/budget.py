@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..policy import WORKSPACE_FACTOR, Needs
-from .program import CACHE_T, CausalStage, StageRun
+from .program import CACHE_T, CausalStage, ClipShape, StageRun
 
 ACTIVATIONS = 4
 """Tensors of a stage's size alive at its peak besides its output: the input with the cached frames
@@ -36,27 +36,19 @@ def tile_bytes_per_pixel(stages: list[CausalStage], frames: int, batch: int, siz
     return (worst + cache) * size * batch * WORKSPACE_FACTOR
 
 
-def clip_needs(
-    runs: list[StageRun],
-    batch: int,
-    frames: int,
-    chunks: int,
-    full: tuple[int, int],
-    out_frames: int,
-    dtype: torch.dtype,
-    untiled: float | None,
-) -> Needs:
-    """A whole tile-major decode or encode fed to the module in ``chunks`` chunks of up to ``frames``
-    frames, making ``out_frames`` frames of ``full`` size at the last run's output level.
+def clip_needs(runs: list[StageRun], batch: int, shape: ClipShape, dtype: torch.dtype, untiled: float | None) -> Needs:
+    """A whole tile-major decode or encode of a batch of ``batch`` fed to the module as ``shape``
+    says (its chunks, full size and output frames).
 
     ``per_pixel``: the heaviest tiled run's tile. ``fixed``: the latent-size outputs of the runs
     before the last, for every chunk (a run's input and output at once), plus the attention's keys
     and values for one chunk. ``store``: the output.
     """
     size = torch.finfo(dtype).bits // 8
+    full, chunks, out_frames = shape.full, len(shape.chunks), shape.out_frames
     per_pixel = keys_values = 0.0
     between: list[float] = [0.0]
-    f = frames
+    f = max(b - a for a, b in shape.chunks)
     for run in runs:
         last = run.stages[-1]
         px = (full[0] >> last.out_level) * (full[1] >> last.out_level)

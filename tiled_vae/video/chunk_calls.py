@@ -30,7 +30,7 @@ from ..planner import plan_for
 from ..policy import Context, Decision, RunReport, decide, execute, summary
 from ..validation import check_input, checks_for, full_size
 from .budget import clip_needs
-from .program import CausalProgram, StageRun
+from .program import CausalProgram, ClipShape, StageRun
 from .windows import Chain, chain_for, halo, predicted_extent, recomputed_share, run_chain
 
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
@@ -109,7 +109,8 @@ class ChunkCalls:
         factor = 1
         for s in program.stages:
             factor *= s.time_factor
-        needs = clip_needs(program.runs(), x.shape[0], x.shape[2], 1, full, x.shape[2] * factor, x.dtype, estimate)
+        shape = ClipShape([(0, x.shape[2])], full, x.shape[2] * factor)
+        needs = clip_needs(program.runs(), x.shape[0], shape, x.dtype, estimate)
         needs = replace(needs, store=needs.store + cache_bytes)  # the caller's new cache, made tile by tile
         free = ctx.free_memory(x.device)
         decision = decide(ctx.config, full, program.align, needs, free)

@@ -75,6 +75,16 @@ class CausalStage:
         return self.level + LEVEL_CHANGE[self.geometry]
 
 
+@dataclass(frozen=True)
+class ClipShape:
+    """How a whole decode or encode feeds the module: ``chunks`` (frame ranges of the module's
+    input, one call each), the module's ``full`` size, and the output frames it makes."""
+
+    chunks: list[tuple[int, int]]
+    full: tuple[int, int]
+    out_frames: int
+
+
 @dataclass
 class StageRun:
     """Consecutive stages run the same way: ``tiled`` (window by window, each tile with its own time

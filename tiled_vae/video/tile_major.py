@@ -30,7 +30,7 @@ from ..policy import Context, Decision, Needs, RunReport, decide, execute, summa
 from ..validation import check_input, checks_for
 from .budget import clip_needs
 from .hosts import Host
-from .program import CausalProgram, StageRun
+from .program import CausalProgram, ClipShape, StageRun
 from .windows import Chain, chain_for, halo, recomputed_share, run_chain
 
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
@@ -101,6 +101,29 @@ def check_host_input(host: Host, role: str, x: torch.Tensor) -> None:
     check_input(x, _HostView(family.build(module), host.patch, role), family, **checks_for(family))
 
 
+def clip_shape(host: Host, program: CausalProgram, role: str, shape: tuple[int, ...]) -> ClipShape:
+    """The chunks and sizes of the host's ``role`` method on an input of ``shape`` (B, C, T, H, W):
+    decode one latent frame per chunk; encode the (patch-folded) input in chunks of 1, 4, 4, ...
+    frames, dropping frames that do not fill a chunk, as the host drops them."""
+    t, h, w = shape[2], shape[3], shape[4]
+    if role == "decode":
+        factor = 1
+        for s in program.stages:
+            factor *= s.time_factor
+        full = (h << program.levels, w << program.levels)
+        return ClipShape([(i, i + 1) for i in range(t)], full, 1 + factor * (t - 1))
+    chunks = [(0, 1)] + [(1 + 4 * (i - 1), 1 + 4 * i) for i in range(1, 1 + (t - 1) // 4)]
+    return ClipShape(chunks, (h // host.patch, w // host.patch), len(chunks))
+
+
+def clip_needs_of(host: Host, role: str, x: torch.Tensor, estimate: float | None) -> tuple[Needs, ClipShape]:
+    """What the tile-major ``role`` of ``x`` needs, from shapes alone (nothing runs)."""
+    module, family = host.part(role)
+    program = family.build(module)
+    shape = clip_shape(host, program, role, tuple(x.shape))
+    return clip_needs(program.runs(), x.shape[0], shape, x.dtype, estimate), shape
+
+
 class _Frames:
     """One run's output for every chunk, written tile by tile: the first tile's pieces are kept
     until the frame count of each chunk is known, then one tensor is allocated and filled."""
@@ -152,44 +175,32 @@ class _Clip:
         ctx: Context,
         program: CausalProgram,
         x: torch.Tensor,
-        chunks: list[tuple[int, int]],
+        shape: ClipShape,
         first_chunk: bool,
-        full: tuple[int, int],
-        out_frames: int,
         estimate: float | None,
     ) -> None:
-        self.ctx, self.program, self.x, self.chunks, self.first_chunk = ctx, program, x, chunks, first_chunk
-        self.full = full
-        self.sizes = level_sizes(full[0], full[1], program.levels)
+        self.ctx, self.program, self.x, self.first_chunk = ctx, program, x, first_chunk
+        self.chunks, self.full = shape.chunks, shape.full
+        self.sizes = level_sizes(self.full[0], self.full[1], program.levels)
         self.runs = program.runs()
         self.slots = program.slots_before(len(program.stages))
-        frames = max(b - a for a, b in chunks)
-        self.needs: Needs = clip_needs(self.runs, x.shape[0], frames, len(chunks), full, out_frames, x.dtype, estimate)
+        self.needs: Needs = clip_needs(self.runs, x.shape[0], shape, x.dtype, estimate)
         self.done = 0
         self.total = 0
 
     @classmethod
     def decode(cls, ctx: Context, host: Host, program: CausalProgram, z: torch.Tensor) -> _Clip:
         """The decoder over ``z`` after the host's first convolution: one latent frame per chunk."""
-        x = host.before_decode(z)
-        t, levels = x.shape[2], program.levels
-        factor = 1
-        for s in program.stages:
-            factor *= s.time_factor
-        full = (x.shape[-2] << levels, x.shape[-1] << levels)
         estimate = ctx.untiled_memory(z) if ctx.untiled_memory is not None else None
-        chunks = [(i, i + 1) for i in range(t)]
-        return cls(ctx, program, x, chunks, host.first_chunk(), full, 1 + factor * (t - 1), estimate)
+        shape = clip_shape(host, program, "decode", tuple(z.shape))
+        return cls(ctx, program, host.before_decode(z), shape, host.first_chunk(), estimate)
 
     @classmethod
     def encode(cls, ctx: Context, host: Host, program: CausalProgram, pixels: torch.Tensor) -> _Clip:
-        """The encoder over the host's (patch-folded) input in chunks of 1, 4, 4, ... frames; frames
-        that do not fill a chunk are dropped, as the host drops them."""
-        x = host.before_encode(pixels)
-        t = x.shape[2]
-        chunks = [(0, 1)] + [(1 + 4 * (i - 1), 1 + 4 * i) for i in range(1, 1 + (t - 1) // 4)]
+        """The encoder over the host's (patch-folded) input in chunks of 1, 4, 4, ... frames."""
         estimate = ctx.untiled_memory(pixels) if ctx.untiled_memory is not None else None
-        return cls(ctx, program, x, chunks, False, (x.shape[-2], x.shape[-1]), len(chunks), estimate)
+        shape = clip_shape(host, program, "encode", tuple(pixels.shape))
+        return cls(ctx, program, host.before_encode(pixels), shape, False, estimate)
 
     def __call__(self, tile: int, decision: Decision) -> torch.Tensor:
         """Run every run over every chunk with ``tile`` px tiles; the last run's output, whole."""
