@@ -4,7 +4,7 @@ import pytest
 import torch
 from exactness import assert_matches_untiled
 from quadtree_tile.tiled_vae import TilingConfig, tiled
-from wan_models import comfy_wan21, decode_frames
+from wan_models import LAYOUTS, comfy_wan21, decode_frames
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +67,21 @@ def test_out_of_memory_in_a_stage_halves_the_tile_and_stays_exact(pair):
         del conv.forward
     assert hook.handler.report.tile_size == 32
     assert_matches_untiled(out, ref)
+
+
+def test_a_whole_vae_refuses_a_4d_latent_before_anything_runs():
+    pair = comfy_wan21()
+    with (
+        pytest.raises(ValueError, match=r"takes 5D tensors .*a single image is one frame"),
+        tiled(pair.vae, TilingConfig(mode="tiled")),
+    ):
+        pair.vae.decode(torch.randn(1, 4, 7, 9))
+    assert "decode" not in pair.vae.__dict__ and "encode" not in pair.vae.__dict__
+
+
+def test_a_whole_wan22_vae_names_the_pixels_it_takes():
+    """Wan 2.2 folds 2x2 pixels into 12 channels itself: its encode takes 3-channel images."""
+    vae = LAYOUTS["comfyui-wan22"]().vae
+    match = r"the input has 12 channels but this Wan 2.2 VAE's encoder takes 3"
+    with pytest.raises(ValueError, match=match), tiled(vae, TilingConfig(mode="tiled")):
+        vae.encode(torch.randn(1, 12, 1, 32, 32))
