@@ -49,17 +49,18 @@ def _tiling_inputs(unit: str) -> dict[str, tuple]:
             ["auto", "tiled", "untiled"],
             {
                 "default": "auto",
-                "tooltip": "auto: tile only when the image is larger than one tile. tiled: always tile. "
-                "untiled: the VAE's own forward, as VAE Decode / VAE Encode do.",
+                "tooltip": "auto: the VAE's own untiled run when ComfyUI's memory estimate for it fits in free "
+                "GPU memory, else tiles sized to the free memory. tiled: always tile. untiled: the VAE's own "
+                "run, as VAE Decode / VAE Encode do.",
             },
         ),
         "activation_store": (
             ["auto", "device", "cpu"],
             {
                 "default": "auto",
-                "tooltip": "Where full-size intermediate activations wait between layers. device: fastest; "
-                "cpu: least GPU memory (moves data over PCIe); auto: device when they fit in half the free "
-                "GPU memory.",
+                "tooltip": "Where full-size data that outlives one tile waits (image VAEs: activations between "
+                "layers; video VAEs: the decoded frames). device: fastest; cpu: least GPU memory (moves data "
+                "over PCIe); auto: the GPU while it fits beside a tile, the rest in system RAM.",
             },
         ),
     }
