@@ -260,11 +260,13 @@ def summary(what: str, report: RunReport) -> str:
         )
     if report.needs is not None and report.free is not None:
         n = report.needs
-        text += (
-            f" [free {report.free / GIB:.2f} GiB; untiled {n.untiled / GIB:.2f} GiB ({n.source}); "
-            f"tile {n.per_pixel * report.tile_size**2 / GIB:.2f} GiB + {n.fixed / GIB:.2f} fixed; "
-            f"store {n.store / GIB:.2f} GiB]"
-        )
+        figures = f"free {report.free / GIB:.2f} GiB; untiled {n.untiled / GIB:.2f} GiB ({n.source})"
+        if report.tiled:
+            figures += (
+                f"; tile {n.per_pixel * report.tile_size**2 / GIB:.2f} GiB + {n.fixed / GIB:.2f} fixed; "
+                f"store {n.store / GIB:.2f} GiB"
+            )
+        text += f" [{figures}]"
     if report.retries:
         text += f"; {report.retries} out-of-memory retr{'ies' if report.retries > 1 else 'y'}"
     return text
