@@ -261,10 +261,11 @@ def oom_errors() -> tuple[type[BaseException], ...]:
 
 @dataclass
 class Measurement:
-    """One run measured: its last output, the fastest timed repeat, the repeats, and the device peak.
+    """One run measured: its last output, the fastest timed call, how many were timed, the device peak.
 
-    ``peak_gib``: ``torch.cuda.max_memory_allocated`` above what was allocated before the call, the
-    largest over the timed repeats; None off CUDA (a CPU has no such counter).
+    ``repeats`` 0 means one long call (see :func:`measure`), timed as it ran first. ``peak_gib``:
+    ``torch.cuda.max_memory_allocated`` above what was allocated before the call, the largest over
+    the timed calls; None off CUDA (a CPU has no such counter).
     """
 
     out: Any
@@ -274,38 +275,49 @@ class Measurement:
 
 
 SHORT_RUN_S = 1.0
-"""A timed run shorter than this is repeated (up to ``repeats`` times) and the fastest is kept."""
+"""A timed call shorter than this is repeated (up to ``repeats`` times) and the fastest is kept."""
+
+LONG_RUN_S = 15.0
+"""A warm-up call at least this long is reported as it is, not run again: its cold-start share is
+small, and on a GPU the time is better spent on the next case."""
 
 
 def measure(fn: Callable[[], Any], device: torch.device, repeats: int = 3) -> Measurement:
-    """Run ``fn`` once untimed (warm-up: CUDA context, kernel selection, allocator), then timed:
-    again while a run is short (under :data:`SHORT_RUN_S`, at most ``repeats`` times); the
-    minimum is reported. Every run of a case goes through here, so none absorbs another's cold start.
-    Runs are in inference mode, as ComfyUI runs its nodes (its tiled encode needs it).
+    """Run ``fn`` once as a warm-up (CUDA context, kernel selection, allocator), then timed: again
+    while a call is short (under :data:`SHORT_RUN_S`, at most ``repeats`` times); the minimum is
+    reported. A warm-up of :data:`LONG_RUN_S` or more is the figure itself (``repeats`` 0). Every
+    run of a case goes through here, so none absorbs another's cold start. Calls run in inference
+    mode, as ComfyUI runs its nodes (its tiled encode needs it).
     """
-    cuda = device.type == "cuda"
     with torch.inference_mode():
-        out = fn()
+        out, warm_s, warm_peak = _timed(fn, device)
+        if warm_s >= LONG_RUN_S:
+            return Measurement(out, warm_s, 0, warm_peak)
         times: list[float] = []
         peak: float | None = None
-        while True:
-            out = None  # the previous output must not count towards this run's peak
-            if cuda:
-                torch.cuda.synchronize(device)
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-                base = torch.cuda.memory_allocated(device)
-            t0 = time.perf_counter()
-            out = fn()
-            if cuda:
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
-            if cuda:
-                run_peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30
-                peak = run_peak if peak is None else max(peak, run_peak)
-            if len(times) >= repeats or times[-1] >= SHORT_RUN_S:
-                break
+        while len(times) < repeats and (not times or times[-1] < SHORT_RUN_S):
+            out = None  # the previous output must not count towards this call's peak
+            out, seconds, call_peak = _timed(fn, device)
+            times.append(seconds)
+            peak = call_peak if peak is None else max(peak, call_peak or 0.0)
     return Measurement(out, min(times), len(times), peak)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, float | None]:
+    """One call of ``fn``: its output, wall seconds (synchronised on CUDA) and peak GiB above the start."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30 if cuda else None
+    return out, seconds, peak
 
 
 def nonfinite(t: torch.Tensor) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,8 @@ from .common import (
     oom_errors,
     pack_run,
 )
+
+log = logging.getLogger("comfyui-quadtree-tile.benchmarks")
 
 Other = Callable[[str, torch.Tensor], torch.Tensor]
 """Another tiler's call: ``other(role, x)`` for role ``"decode"`` or ``"encode"``."""
@@ -102,12 +105,15 @@ def diffusers_vae_host(model: torch.nn.Module, device: torch.device, dtype: torc
 
 
 def _diffusers_tiling(tile: int) -> tuple[str, Callable[[Any], None]]:
-    """diffusers' own tiling at ``tile`` px: its overlap (a quarter) for ``AutoencoderKL``, 64 px for
-    the Wan family (whose ``enable_tiling`` takes the tile and the stride)."""
+    """diffusers' own tiling at ``tile`` px: its own overlap (a quarter) for ``AutoencoderKL``; for
+    the Wan family (whose ``enable_tiling`` takes the tile and the stride) the overlap ComfyUI's
+    comparison runs at, 64 px at 512."""
+
+    stride = tile - comfy_host.tiled_overlap(tile)
 
     def configure(vae: Any) -> None:
         if "tile_sample_min_height" in inspect.signature(vae.enable_tiling).parameters:
-            vae.enable_tiling(tile, tile, tile - 64, tile - 64)
+            vae.enable_tiling(tile, tile, stride, stride)
         else:
             vae.enable_tiling()
             vae.tile_sample_min_size = tile
@@ -259,6 +265,10 @@ def run_case(
             m = measure(fn, device)
         except oom_errors() as e:
             emit(case=case, run=name, error=_first_line(e))
+            continue
+        except Exception as e:  # a failing run is a row; the next runs still get measured
+            log.exception("%s, %s failed", case, name)
+            emit(case=case, run=name, error=f"{type(e).__name__}: {_first_line(e)} (traceback on stderr)")
             continue
         out, report = m.out
         row: dict[str, Any] = {"case": case, "run": name, **_timing(m)}
