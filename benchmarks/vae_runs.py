@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_flatten
 
 from . import comfy_host
 from .common import (
+    Measurement,
     describe_device,
     device_and_dtype,
     emit,
@@ -66,7 +67,6 @@ class Host:
 def comfy_vae_host(model: torch.nn.Module, dtype: torch.dtype, tile: int) -> Host:
     """``model``'s weights in ``comfy.sd.VAE``; compared with ComfyUI's tiled nodes at ``tile`` px."""
     vae = comfy_host.load_vae(model, dtype)
-
     overlap = comfy_host.tiled_overlap(tile)
 
     def tiled_node(role: str, x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +108,6 @@ def _diffusers_tiling(tile: int) -> tuple[str, Callable[[Any], None]]:
     """diffusers' own tiling at ``tile`` px: its own overlap (a quarter) for ``AutoencoderKL``; for
     the Wan family (whose ``enable_tiling`` takes the tile and the stride) the overlap ComfyUI's
     comparison runs at, 64 px at 512."""
-
     stride = tile - comfy_host.tiled_overlap(tile)
 
     def configure(vae: Any) -> None:
@@ -158,6 +157,9 @@ def _reference(host: Host, role: str, x: torch.Tensor) -> tuple[torch.Tensor | N
             ref = _untiled(host, vae, role, x).float().cpu()
     except oom_errors() as e:
         return None, f"untiled fp32 does not fit ({_first_line(e)})"
+    except Exception as e:
+        log.exception("%s: the untiled fp32 reference failed", role)
+        return None, f"untiled fp32 failed: {type(e).__name__}: {_first_line(e)}"
     finally:
         del vae
         if is_comfy_vae(host.vae):
@@ -211,22 +213,19 @@ def run_case(
     """Measure every run of one case and emit a row for each; False when the case had to stop."""
     ref32, why_no_ref = (None, None) if dtype == torch.float32 else _reference(host, role, x)
 
-    try:
-        base = measure(lambda: _untiled(host, host.vae, role, x), device)
-    except oom_errors() as e:
-        emit(case=case, run="untiled", error=_first_line(e))
-        base = None
+    base = _measured(case, "untiled", lambda: _untiled(host, host.vae, role, x), device)
     untiled = None
     if base is not None:
         untiled = base.out.float().cpu()
         bad = nonfinite(untiled)
         if bad:
             where = first_nonfinite(host.module, lambda: _untiled(host, host.vae, role, x))
+            fp32 = "" if dtype == torch.float32 else f"; fp32 reference: {why_no_ref or 'finite'}"
             emit(
                 case=case,
                 run="untiled",
                 error=f"untiled {_dtype_name(dtype)} output holds {bad} non-finite values "
-                f"(first non-finite output: {where}; fp32 reference: {why_no_ref or 'finite'}); case skipped",
+                f"(first non-finite output: {where}{fp32}); case skipped",
             )
             return False
         if dtype == torch.float32:
@@ -261,14 +260,8 @@ def run_case(
         runs.append((name, lambda cfg=cfg: _pack(host, role, x, cfg)))
 
     for name, fn in runs:
-        try:
-            m = measure(fn, device)
-        except oom_errors() as e:
-            emit(case=case, run=name, error=_first_line(e))
-            continue
-        except Exception as e:  # a failing run is a row; the next runs still get measured
-            log.exception("%s, %s failed", case, name)
-            emit(case=case, run=name, error=f"{type(e).__name__}: {_first_line(e)} (traceback on stderr)")
+        m = _measured(case, name, fn, device)
+        if m is None:
             continue
         out, report = m.out
         row: dict[str, Any] = {"case": case, "run": name, **_timing(m)}
@@ -289,7 +282,20 @@ def run_case(
     return True
 
 
-def _timing(m: Any) -> dict[str, Any]:
+def _measured(case: str, name: str, fn: Callable[[], Any], device: torch.device) -> Measurement | None:
+    """``measure(fn)``, or None after an error row: out of memory, or any failure (a failing run is a
+    row; the next runs still get measured; the traceback goes to stderr)."""
+    try:
+        return measure(fn, device)
+    except oom_errors() as e:
+        emit(case=case, run=name, error=_first_line(e))
+    except Exception as e:
+        log.exception("%s, %s failed", case, name)
+        emit(case=case, run=name, error=f"{type(e).__name__}: {_first_line(e)} (traceback on stderr)")
+    return None
+
+
+def _timing(m: Measurement) -> dict[str, Any]:
     peak = None if m.peak_gib is None else round(m.peak_gib, 3)
     return {"seconds": round(m.seconds, 4), "repeats": m.repeats, "peak_gib": peak}
 
