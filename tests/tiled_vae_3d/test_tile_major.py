@@ -159,3 +159,20 @@ def test_the_diffusers_return_conventions_are_kept():
         as_tuple = pair.vae.decode(z, return_dict=False)
         as_output = pair.vae.decode(z)
     assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], as_output.sample)
+
+
+def test_the_middle_attention_hands_the_fused_kernels_contiguous_rows(monkeypatch):
+    """PyTorch's flash and memory-efficient attention take only tensors whose last dimension is
+    contiguous; anything else falls back to the kernel that builds the whole score matrix."""
+    pair = LAYOUTS["comfyui-wan21"]()
+    real = torch.nn.functional.scaled_dot_product_attention
+    strides = []
+
+    def recording(q, k, v, *args, **kwargs):
+        strides.append((q.stride(-1), k.stride(-1), v.stride(-1)))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    with torch.no_grad(), tiled(pair.vae, TilingConfig(tile_size=32, mode="tiled")):
+        host_decode(pair.vae, torch.randn(1, pair.latent_channels, 2, 7, 9))
+    assert strides and set(strides) == {(1, 1, 1)}

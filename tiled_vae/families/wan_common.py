@@ -222,7 +222,7 @@ def attention_stage(name: str, attn: nn.Module, level: int) -> CausalStage:
         keys, values = keys_and_values(bands, w, project)
         out = torch.empty_like(x)
         for y0, y1 in bands:
-            q = qkv_of(y0, y1)[:, :1]
+            q = qkv_of(y0, y1)[:, :1].contiguous()  # fused (flash, memory-efficient) kernels need it
             o = torch.nn.functional.scaled_dot_product_attention(q, keys, values)
             del q
             y = proj(o[:, 0].transpose(-1, -2).reshape(b * t, c, y1 - y0, w))
