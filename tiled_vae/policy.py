@@ -189,6 +189,32 @@ def decide(config: TilingConfig, full: tuple[int, int], align: int, needs: Needs
     return Decision(False, min(tile, biggest), budget, f"{why}, {free / GIB:.2f} GiB free")
 
 
+P = TypeVar("P")
+
+
+def program_or_reason(
+    config: TilingConfig, bound: bool, family_name: str, build: Callable[[], P]
+) -> tuple[P | None, str]:
+    """The program a tiled run of a call needs, or (None, why the call runs untiled instead): the
+    user asked for untiled, the call passes arguments the tiled path cannot honour (``bound`` is
+    False), or the module is a variant of ``family_name`` it cannot tile (``build`` raised)."""
+    from .families.common import Unsupported  # families import the programs, which import nothing here
+
+    if config.mode == "untiled":
+        return None, "mode is 'untiled'"
+    if not bound:
+        return None, "the call passes arguments the tiled path does not take"
+    try:
+        return build(), ""
+    except Unsupported as e:
+        return None, f"{family_name} cannot be tiled: {e}"
+
+
+def log_untiled(what: str, report: RunReport) -> None:
+    """The line of a call that ran untiled: a warning when the module could not be tiled, else info."""
+    (log.warning if "cannot be tiled" in report.reason else log.info)(summary(what, report))
+
+
 def oom_errors() -> tuple[type[BaseException], ...]:
     """The exception types torch raises when the compute device runs out of memory."""
     return tuple(e for e in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if e)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from exactness import assert_matches_untiled
 from quadtree_tile.tiled_vae import TilingConfig, tiled
-from wan_models import LAYOUTS, host_decode, host_encode
+from wan_models import LAYOUTS, host_decode, host_encode, out_of_memory_above
 
 PATCHED = {"comfyui-wan22", "diffusers-wan22"}
 """Layouts whose VAE folds 2x2 pixels into channels around the encoder and decoder (Wan 2.2)."""
@@ -121,22 +121,11 @@ def test_an_interrupt_between_frames_stops_the_decode_and_removes_the_hook():
 def test_out_of_memory_in_a_tile_halves_the_tile_and_stays_exact():
     pair = LAYOUTS["comfyui-wan21"]()
     z = torch.randn(1, pair.latent_channels, 2, 7, 9)
-    conv = pair.decoder.head[-1]
     with torch.no_grad():
         ref = host_decode(pair.vae, z)
-    real = conv.forward
-
-    def limited(x, *args, **kwargs):
-        if x.shape[-2] * x.shape[-1] > 40 * 40:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(x, *args, **kwargs)
-
-    conv.forward = limited
-    try:
-        with torch.no_grad(), tiled(pair.vae, TilingConfig(tile_size=64, mode="tiled")) as hook:
-            out = host_decode(pair.vae, z)
-    finally:
-        del conv.forward
+    hook = tiled(pair.vae, TilingConfig(tile_size=64, mode="tiled"))
+    with out_of_memory_above(pair.decoder.head[-1], 40 * 40), torch.no_grad(), hook:
+        out = host_decode(pair.vae, z)
     assert hook.handler.report.retries == 1 and hook.handler.report.tile_size == 32
     assert_matches_untiled(out, ref)
 

@@ -9,6 +9,8 @@ frame chunks with a shared ``feat_cache`` list, as ComfyUI's and diffusers' ``Wa
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -127,3 +129,21 @@ LAYOUTS = {
     "diffusers-wan22": diffusers_wan22,
     "diffusers-qwenimage": diffusers_qwen,
 }
+
+
+@contextmanager
+def out_of_memory_above(conv: nn.Module, pixels: int) -> Iterator[None]:
+    """A small GPU, simulated: ``conv`` raises torch's out-of-memory error on inputs of more than
+    ``pixels`` pixels per frame, until the block ends."""
+    real = conv.forward
+
+    def limited(x, *args, **kwargs):
+        if x.shape[-2] * x.shape[-1] > pixels:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(x, *args, **kwargs)
+
+    conv.forward = limited
+    try:
+        yield
+    finally:
+        del conv.forward

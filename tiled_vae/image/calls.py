@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from ..families import Family, Unsupported
+from ..families import Family
 from ..planner import plan_for
-from ..policy import GIB, Context, Decision, decide, execute, summary
+from ..policy import GIB, Context, Decision, decide, execute, log_untiled, program_or_reason, summary
 from ..validation import check_input, checks_for, full_size
 from .budget import image_needs
 from .engine import Engine, RunOptions, placement_for
@@ -26,19 +26,11 @@ def run_image_call(ctx: Context, original: Callable[..., Any], family: Family, a
     """Run one call of a 2D module: checks first, then the policy's decision, with the report filled
     and one log line."""
     report = ctx.report
-    if ctx.config.mode == "untiled":
-        out = ctx.run_untiled(original, "mode is 'untiled'", args, kwargs)
-        log.info(summary(_verb(family), report))
-        return out
-    if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
-        out = ctx.run_untiled(original, "the call passes arguments the tiled path does not take", args, kwargs)
-        log.info(summary(_verb(family), report))
-        return out
-    try:
-        program = family.build(original.__self__)
-    except Unsupported as e:
-        out = ctx.run_untiled(original, f"{family.name} cannot be tiled: {e}", args, kwargs)
-        log.warning(summary(_verb(family), report))
+    bound = len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
+    program, reason = program_or_reason(ctx.config, bound, family.name, lambda: family.build(original.__self__))
+    if program is None:
+        out = ctx.run_untiled(original, reason, args, kwargs)
+        log_untiled(_verb(family), report)
         return out
     x = args[0]
     check_input(x, program, family, **checks_for(family))

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from ..families import Family, Unsupported
+from ..families import Family
 from ..families.wan_common import forward_params
 from ..geometry import Rect, level_sizes, rect_at_level
 from ..planner import plan_for
-from ..policy import Context, Decision, RunReport, decide, execute, summary
+from ..policy import Context, Decision, RunReport, decide, execute, log_untiled, program_or_reason, summary
 from ..validation import check_input, checks_for, full_size
 from .budget import clip_needs
 from .program import CausalProgram, ClipShape, StageRun
@@ -63,19 +63,13 @@ class ChunkCalls:
         self.calls += 1
         if self.calls == 1:
             ctx.report = RunReport(family=family.name)
-        reason = "mode is 'untiled'" if ctx.config.mode == "untiled" else None
-        if reason is None and call is None:
-            reason = "the call passes arguments the tiled path does not take"
-        program = None
-        if reason is None:
-            try:
-                program = self._program(family, module)
-            except Unsupported as e:
-                reason = f"{family.name} cannot be tiled: {e}"
+        program, reason = program_or_reason(
+            ctx.config, call is not None, family.name, lambda: self._program(family, module)
+        )
         if program is None or call is None:
-            out = ctx.run_untiled(original, reason or "", args, kwargs)
+            out = ctx.run_untiled(original, reason, args, kwargs)
             if self.calls == 1:
-                (log.warning if "cannot be tiled" in reason else log.info)(summary(f"{family.role} call", ctx.report))
+                log_untiled(f"{family.role} call", ctx.report)
             return out
         x, cache, idx, first_chunk = call
         check_input(x, program, family, **checks_for(family))

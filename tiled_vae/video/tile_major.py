@@ -26,7 +26,7 @@ import torch
 from ..families import Unsupported
 from ..geometry import Rect, level_sizes, rect_at_level
 from ..planner import plan_for
-from ..policy import Context, Decision, Needs, RunReport, decide, execute, summary
+from ..policy import Context, Decision, Needs, RunReport, decide, execute, log_untiled, program_or_reason, summary
 from ..validation import check_input, checks_for
 from .budget import clip_needs
 from .hosts import Host
@@ -43,18 +43,10 @@ def run_host_call(ctx: Context, host: Host, original: Callable[..., Any], role: 
     what = f"{role} in {host.name}"
     ctx.report = report = RunReport(family=family.name)
     x = host.bind(role, args, kwargs)
-    reason = "mode is 'untiled'" if ctx.config.mode == "untiled" else None
-    if reason is None and x is None:
-        reason = "the call passes arguments the tile-major path does not reproduce"
-    program = None
-    if reason is None:
-        try:
-            program = family.build(module)
-        except Unsupported as e:
-            reason = f"{family.name} cannot be tiled: {e}"
+    program, reason = program_or_reason(ctx.config, x is not None, family.name, lambda: family.build(module))
     if program is None or x is None:
-        out = ctx.run_untiled(original, reason or "", args, kwargs)
-        (log.warning if "cannot be tiled" in report.reason else log.info)(summary(what, report))
+        out = ctx.run_untiled(original, reason, args, kwargs)
+        log_untiled(what, report)
         return out
     check_host_input(host, role, x)
     clip = _Clip.decode(ctx, host, program, x) if role == "decode" else _Clip.encode(ctx, host, program, x)
