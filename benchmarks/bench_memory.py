@@ -6,7 +6,7 @@
 Nothing is computed: ``TensorMemory`` (benchmarks/tensor_memory.py) counts the bytes of every
 tensor a run would hold on the GPU, which is ``torch.cuda.max_memory_allocated`` less convolution
 workspaces and allocator rounding. These are counts for tests of growth, not GPU measurements: on an
-H200 the pack's tiled runs peaked 8-30x above them (tensor_memory.py has the figures); the
+H200 the pack's tiled runs of stills peaked 8-31x above them (tensor_memory.py has the figures); the
 measured bars come from bench_vae_2d / bench_vae_3d on a GPU. Models are full size with the real
 architectures: diffusers' ``AutoencoderKL`` with the SD/SDXL layout, ``AutoencoderKLWan`` at Wan 2.1
 size (Qwen-Image's VAE is the same network on one frame). Per case, one JSON line each for: the

@@ -7,8 +7,8 @@ deterministic random weights, decodes one random latent untiled and with the qua
 decoder, prints the error, time and peak device memory of both, and writes two PNGs: the tile plan
 over the decoded image, and the error map (|tiled - untiled|, scaled so 1e-4 is white). On a GPU
 the peaks are ``torch.cuda.max_memory_allocated``; without one they are counted tensor by tensor on
-the meta device (benchmarks/tensor_memory.py) and labelled so: a count, which for tiled runs was
-8-30x below what a GPU measured (see that module), not a measurement.
+the meta device (benchmarks/tensor_memory.py) and labelled so: a count, which for tiled runs of
+stills was 8-31x below what a GPU measured (see that module), not a measurement.
 """
 
 from __future__ import annotations

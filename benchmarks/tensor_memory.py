@@ -17,12 +17,13 @@ meta run allocate what a GPU run allocates:
 * a meta tensor read as a Python scalar reads True / 1: the branch a finite input takes in an
   ``isfinite(x).all()`` check.
 
-Checked against a real run on the CPU: the same peaks, to the byte. Against a GPU it is far off:
-on an H200 (the pack at 6601a9f, bf16, counts from bench_memory at fc519da) the pack's tiled runs
-peaked 8-30x above their counts (SDXL-class decode 2048²: 0.30 GiB counted, 4.2 measured; 4096²:
-0.55 vs 16.8; Qwen-Image decode 1328²: 0.29 vs 2.2; 3072²: 0.50 vs 11.6), untiled runs 1.0-1.4x
-(SDXL 2048²: 6.0 vs 8.5; Wan 2.1 832x480x81: 3.95 vs 3.96). So the count is for tests of how
-memory grows with image size (CI has no GPU); every memory figure quoted for users is
+Checked against a real run on the CPU: the same peaks, to the byte. Against a GPU it can be far
+off: on an H200 (the pack at 6601a9f, bf16, counts from bench_memory at fc519da) the pack's tiled
+runs with the CPU store peaked 8-31x above their counts on stills (SDXL-class decode 2048²: 0.30
+GiB counted, 4.2 measured; 4096²: 0.55 vs 16.8; Qwen-Image decode 1328²: 0.29 vs 2.2; 3072²: 0.50
+vs 11.6) and 1.2x on the Wan 2.1 832x480x81 clip (1.01 vs 1.16); untiled runs 1.0-1.4x (SDXL
+2048²: 6.0 vs 8.5; the clip: 3.95 vs 3.96). So the count is for tests of how memory grows with
+image size (CI has no GPU); every memory figure quoted for users is
 ``torch.cuda.max_memory_allocated`` from a GPU run, or says it was not measured on a GPU.
 """
 
