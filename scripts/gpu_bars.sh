@@ -105,8 +105,8 @@ for bench in "${benches[@]}"; do
             args_var="${bench}_args[@]"
             upper=${bench^^}
             # ComfyUI's rows first and with most of the time; diffusers' get it all when they run alone
-            main=$([ "$bench" = vae_2d ] && echo 120 || echo 180)
-            side=$([ "$bench" = vae_2d ] && echo 40 || echo 50)
+            main=$([ "$bench" = vae_2d ] && echo 110 || echo 170)
+            side=$([ "$bench" = vae_2d ] && echo 35 || echo 40)
             if [ $have_comfy = 1 ]; then
                 run "${bench}_comfy" "$(limit "LIMIT_${upper}_COMFY" "$main")" "$comfy_py" \
                     -m "$module" --comfy "${!args_var}"
@@ -122,10 +122,11 @@ for bench in "${benches[@]}"; do
             fi
             ;;
         teacache)
+            # 80 s: drawing the random weights of 12 full-width blocks (4 G parameters) takes ~30 s of it
             if [ $have_comfy = 1 ]; then
-                run teacache_comfy "$(limit LIMIT_TEACACHE 45)" "$comfy_py" -m benchmarks.bench_teacache "${teacache_args[@]}"
+                run teacache_comfy "$(limit LIMIT_TEACACHE 80)" "$comfy_py" -m benchmarks.bench_teacache "${teacache_args[@]}"
             else
-                run teacache_mirror "$(limit LIMIT_TEACACHE 45)" "$py" -m benchmarks.bench_teacache "${teacache_args[@]}"
+                run teacache_mirror "$(limit LIMIT_TEACACHE 80)" "$py" -m benchmarks.bench_teacache "${teacache_args[@]}"
             fi
             ;;
     esac
