@@ -30,11 +30,12 @@ seeded generator in sorted key order.
 from __future__ import annotations
 
 import argparse
-import math
+import importlib.util
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -67,21 +68,15 @@ def _meta_shapes(build: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, .
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def _random_tensors(
-    shapes: dict[str, tuple[int, ...]], seed: int, dtype: torch.dtype
-) -> Iterator[tuple[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    for name in sorted(shapes):
-        shape = shapes[name]
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "gamma" or (leaf in ("weight", "scale") and len(shape) == 1):
-            t = torch.ones(shape)
-        elif len(shape) >= 2:
-            bound = 1.0 / math.sqrt(max(1, math.prod(shape[1:])))
-            t = torch.empty(shape).uniform_(-bound, bound, generator=g)
-        else:
-            t = torch.zeros(shape)
-        yield name, t.to(dtype)
+def _random_weights() -> Callable[..., dict[str, torch.Tensor]]:
+    """The pack's one randomiser, ``benchmarks/common.random_weights`` (loaded by path: this script
+    runs in ComfyUI's Python, where the pack is not a package)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "common.py"
+    spec = importlib.util.spec_from_file_location("_qt_models_common", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.random_weights
 
 
 def sd_shapes(z_channels: int = 4, quant: bool = True) -> dict[str, tuple[int, ...]]:
@@ -139,7 +134,7 @@ def write(kind: str, path: str, seed: int = 0, qwen_layers: int = 1, te_layers: 
         "qwen_image": lambda: qwen_image_shapes(qwen_layers),
         "qwen_te": lambda: qwen_te_shapes(te_layers),
     }[kind]()
-    tensors = dict(_random_tensors(shapes, seed, torch.float16))
+    tensors = {k: v.to(torch.float16) for k, v in _random_weights()(shapes, seed).items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".part"
     save_file(tensors, tmp, metadata={"generator": f"comfyui-quadtree-tile tests/integration v{GENERATOR_VERSION}"})

@@ -27,18 +27,16 @@ from typing import Any
 import torch
 from mirrors import comfy_wan_vae
 from mirrors.comfy_vae_2d import Decoder, Encoder, small_config
+from quadtree_tile.benchmarks.common import Uniform, randomise_
 from torch import nn
 
 
 def _randomise(module: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.ndim > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * (1.5 / p[0].numel()) ** 0.5)
-            else:
-                p.copy_(torch.rand(p.shape, generator=g) - 0.5)
-    return module.eval()
+    """Weights large enough that norms and borders matter (the pack's one randomiser)."""
+    spread = lambda fan_in: (1.5 / fan_in) ** 0.5  # noqa: E731
+    return randomise_(
+        module, 1234, matrices="normal", spread=spread, vectors=Uniform(-0.5, 0.5), norm_scales=None, sort=False
+    )
 
 
 class AutoencoderKL(nn.Module):

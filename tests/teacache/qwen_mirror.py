@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 from comfy_mirror import WrapperExecutor, get_all_wrappers
+from quadtree_tile.benchmarks.common import Normal, randomise_
 from torch import nn
 
 
@@ -185,11 +186,7 @@ class QwenImageMirror(nn.Module):
         return hidden_states.reshape(orig_shape)[:, :, :, : x.shape[-2], : x.shape[-1]]
 
 
-def randomise(model: nn.Module, seed: int = 0, scale: float = 1.0) -> nn.Module:
-    """Deterministic weights large enough that the blocks matter (fan-in scaled normal)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(model.named_parameters()):
-            fan_in = p.shape[-1] if p.ndim >= 2 else 1
-            p.copy_(torch.randn(p.shape, generator=g) * scale / math.sqrt(fan_in) * (1.0 if p.ndim >= 2 else 0.1))
-    return model.eval()
+def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Deterministic weights large enough that the blocks matter: fan-in scaled normal matrices,
+    small normal vectors (the pack's one randomiser)."""
+    return randomise_(model, seed, matrices="normal", spread=1.0, vectors=Normal(0.1), norm_scales=None)

@@ -5,18 +5,15 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL
 from mirrors.comfy_vae_2d import Decoder, Encoder, small_config
+from quadtree_tile.benchmarks.common import Uniform, randomise_
 
 
 def _randomise(module: torch.nn.Module) -> torch.nn.Module:
-    """Weights large enough that GroupNorm statistics and borders matter, deterministic."""
-    g = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.ndim > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * (1.5 / p[0].numel()) ** 0.5)
-            else:
-                p.copy_(torch.rand(p.shape, generator=g) - 0.5)
-    return module.eval()
+    """Weights large enough that GroupNorm statistics and borders matter (the pack's one randomiser)."""
+    spread = lambda fan_in: (1.5 / fan_in) ** 0.5  # noqa: E731
+    return randomise_(
+        module, 1234, matrices="normal", spread=spread, vectors=Uniform(-0.5, 0.5), norm_scales=None, sort=False
+    )
 
 
 def comfy_pair() -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -16,19 +16,16 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKLQwenImage, AutoencoderKLWan
 from mirrors import comfy_wan_vae as mirror
+from quadtree_tile.benchmarks.common import Uniform, randomise_
 from torch import nn
 
 
 def randomise(module: nn.Module, seed: int = 1234) -> nn.Module:
-    """Deterministic weights large enough that borders and caches matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.ndim > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * (1.5 / p[0].numel()) ** 0.5)
-            else:
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-    return module.eval()
+    """Deterministic weights large enough that borders and caches matter (the pack's one randomiser)."""
+    spread = lambda fan_in: (1.5 / fan_in) ** 0.5  # noqa: E731
+    return randomise_(
+        module, seed, matrices="normal", spread=spread, vectors=Uniform(0.5, 1.5), norm_scales=None, sort=False
+    )
 
 
 @dataclass
