@@ -187,23 +187,38 @@ def host_encode(vae: Any, x: torch.Tensor) -> torch.Tensor:
     return vae.encode(x.to(p.device, p.dtype)).latent_dist.mode()
 
 
-def pack_decode(vae: Any, z: torch.Tensor, config: Any) -> tuple[torch.Tensor, Any]:
-    """The pack's tiled decode: the host's decode with the whole VAE under ``tiled_vae.tiled``.
+def pack_decode(vae: Any, z: torch.Tensor, config: Any, free_gib: float | None = None) -> tuple[torch.Tensor, Any]:
+    """The pack's tiled decode: for a ComfyUI ``comfy.sd.VAE``, what Quadtree VAE Decode runs (the
+    node's glue: its checks, its model load for one tile, ComfyUI's memory estimate for ``auto``);
+    for a diffusers autoencoder, its own decode with the whole VAE under ``tiled_vae.tiled``.
 
-    ``vae`` is a ComfyUI ``comfy.sd.VAE`` or a diffusers autoencoder, ``config`` a ``TilingConfig``.
-    Returns the host's output and the pack's run report.
+    ``config`` is a ``TilingConfig``. ``free_gib`` runs the decision as if the GPU had that much
+    free (the store split and tile of a smaller card, on a large one): the host's own decode under
+    ``tiled_vae.tiled`` with the free memory given and, for ComfyUI, its memory estimate. Returns
+    the output (as :func:`host_decode` gives it) and the pack's run report.
     """
-    tv = load_pack().tiled_vae
-    with tv.tiled(vae.first_stage_model if is_comfy_vae(vae) else vae, config) as hook:
-        out = host_decode(vae, z)
-    return out, hook.handler.report
+    return _pack(vae, "decode", z, config, free_gib)
 
 
-def pack_encode(vae: Any, x: torch.Tensor, config: Any) -> tuple[torch.Tensor, Any]:
-    """The pack's tiled encode: the host's encode with the whole VAE under ``tiled_vae.tiled``."""
-    tv = load_pack().tiled_vae
-    with tv.tiled(vae.first_stage_model if is_comfy_vae(vae) else vae, config) as hook:
-        out = host_encode(vae, x)
+def pack_encode(vae: Any, x: torch.Tensor, config: Any, free_gib: float | None = None) -> tuple[torch.Tensor, Any]:
+    """The pack's tiled encode, as :func:`pack_decode` (Quadtree VAE Encode's glue for a ComfyUI VAE:
+    ComfyUI images in, its latent out)."""
+    return _pack(vae, "encode", x, config, free_gib)
+
+
+def _pack(vae: Any, role: str, x: torch.Tensor, config: Any, free_gib: float | None) -> tuple[torch.Tensor, Any]:
+    pack = load_pack()
+    if is_comfy_vae(vae) and free_gib is None:
+        glue = pack.nodes.comfy_vae.decode if role == "decode" else pack.nodes.comfy_vae.encode
+        return glue(vae, x, config)
+    hooks: dict[str, Any] = {}
+    if free_gib is not None:
+        hooks["free_memory"] = lambda _: int(free_gib * 2**30)
+    if is_comfy_vae(vae):
+        estimate = vae.memory_used_decode if role == "decode" else vae.memory_used_encode
+        hooks["untiled_memory"] = lambda t: estimate(t.shape, vae.vae_dtype)
+    with pack.tiled_vae.tiled(vae.first_stage_model if is_comfy_vae(vae) else vae, config, **hooks) as hook:
+        out = host_run(vae, role, x)
     return out, hook.handler.report
 
 
@@ -212,9 +227,11 @@ def host_run(vae: Any, role: str, x: torch.Tensor) -> torch.Tensor:
     return host_decode(vae, x) if role == "decode" else host_encode(vae, x)
 
 
-def pack_run(vae: Any, role: str, x: torch.Tensor, config: Any) -> tuple[torch.Tensor, Any]:
+def pack_run(
+    vae: Any, role: str, x: torch.Tensor, config: Any, free_gib: float | None = None
+) -> tuple[torch.Tensor, Any]:
     """:func:`pack_decode` or :func:`pack_encode`, by ``role`` (``"decode"`` or ``"encode"``)."""
-    return pack_decode(vae, x, config) if role == "decode" else pack_encode(vae, x, config)
+    return _pack(vae, role, x, config, free_gib)
 
 
 class _ComfyFallback(Exception):

@@ -121,17 +121,23 @@ def _diffusers_tiling(tile: int) -> tuple[str, Callable[[Any], None]]:
     return f"diffusers enable_tiling {tile} px", configure
 
 
-def pack_configs(tile: int) -> list[tuple[str, Any]]:
-    """The pack's configurations every case runs: ``tile`` px tiles with each activation store, and
-    the node defaults (``mode="auto"``: untiled when it fits, else tile and store from free memory).
-    The CPU store, the slowest, comes last, so that a time limit cuts it first."""
+SMALL_CARDS = (8.0, 2.0)
+"""Free GiB of the smaller GPUs whose decision the ``auto`` rows also take (on whatever card runs)."""
+
+
+def pack_configs(tile: int) -> list[tuple[str, Any, float | None]]:
+    """The pack's configurations every case runs, with the free memory they decide with (None: the
+    card's own): ``tile`` px tiles with each activation store, and the node defaults (``mode="auto"``:
+    untiled when it fits, else tile and store from free memory) as they are and, last (a time limit
+    cuts them first), as on cards with :data:`SMALL_CARDS` free."""
     tv = load_pack().tiled_vae
     fixed = {"tile_size": tile, "planner": "grid", "mode": "tiled"}
     return [
-        (f"quadtree-tile {tile} px, device store", tv.TilingConfig(**fixed, activation_store="device")),
-        ("quadtree-tile auto", tv.TilingConfig()),
-        (f"quadtree-tile {tile} px, store auto", tv.TilingConfig(**fixed, activation_store="auto")),
-        (f"quadtree-tile {tile} px, CPU store", tv.TilingConfig(**fixed, activation_store="cpu")),
+        (f"quadtree-tile {tile} px, device store", tv.TilingConfig(**fixed, activation_store="device"), None),
+        ("quadtree-tile auto", tv.TilingConfig(), None),
+        (f"quadtree-tile {tile} px, store auto", tv.TilingConfig(**fixed, activation_store="auto"), None),
+        (f"quadtree-tile {tile} px, CPU store", tv.TilingConfig(**fixed, activation_store="cpu"), None),
+        *((f"quadtree-tile auto, as with {gib:g} GiB free", tv.TilingConfig(), gib) for gib in SMALL_CARDS),
     ]
 
 
@@ -144,8 +150,8 @@ def _untiled(host: Host, vae: Any, role: str, x: torch.Tensor) -> torch.Tensor:
     return _as_images(host, role, host_run(vae, role, x))
 
 
-def _pack(host: Host, role: str, x: torch.Tensor, config: Any) -> tuple[torch.Tensor, Any]:
-    out, report = pack_run(host.vae, role, x, config)
+def _pack(host: Host, role: str, x: torch.Tensor, config: Any, free_gib: float | None) -> tuple[torch.Tensor, Any]:
+    out, report = pack_run(host.vae, role, x, config, free_gib)
     return _as_images(host, role, out), report
 
 
@@ -207,7 +213,7 @@ def run_case(
     x: torch.Tensor,
     device: torch.device,
     dtype: torch.dtype,
-    configs: list[tuple[str, Any]],
+    configs: list[tuple[str, Any, float | None]],
     others: bool = True,
 ) -> bool:
     """Measure every run of one case and emit a row for each; False when the case had to stop."""
@@ -256,8 +262,8 @@ def run_case(
     if others:
         for name, other in host.others.items():
             runs.append((name, lambda other=other: (_as_images(host, role, other(role, x)), None)))
-    for name, cfg in configs:
-        runs.append((name, lambda cfg=cfg: _pack(host, role, x, cfg)))
+    for name, cfg, free_gib in configs:
+        runs.append((name, lambda cfg=cfg, free_gib=free_gib: _pack(host, role, x, cfg, free_gib)))
 
     for name, fn in runs:
         m = _measured(case, name, fn, device)
