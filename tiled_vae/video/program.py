@@ -128,15 +128,38 @@ class CausalProgram:
         return 2**self.levels
 
     def runs(self) -> list[StageRun]:
-        """The stages cut into runs: each global stage (the middle attention) alone, and the maximal
-        runs of tiled stages between them, in order."""
+        """The stages cut into runs: each global stage (the middle attention) alone, and the runs of
+        tiled stages between them, in order.
+
+        A tiled run that goes down to the latent level ends where the downsampling ends: its last
+        stages at the latent level run as a tiled run of their own. A tile's context at full
+        resolution is the reach of everything after it scaled up to there, so latent-level stages
+        in the same run would widen it by their reach times the full scale (in Wan's encoder from
+        about 40 to 90 px, recomputing half of every 512 px tile); split off, they cost one
+        latent-size intermediate.
+        """
         runs: list[StageRun] = []
         for i, stage in enumerate(self.stages):
-            if runs and runs[-1].tiled and stage.tiled:
+            if runs and runs[-1].tiled and stage.tiled and not self._starts_latent_tail(i):
                 runs[-1].stages.append(stage)
             else:
                 runs.append(StageRun([stage], stage.tiled, self.slots_before(i)))
         return runs
+
+    def _starts_latent_tail(self, index: int) -> bool:
+        """True when stage ``index`` is the first of the latent-level stages that end a downsampling run."""
+        latent = self.out_level
+        if self.in_level >= latent or index == 0:
+            return False
+        stage, before = self.stages[index], self.stages[index - 1]
+        return (
+            stage.tiled
+            and stage.level == latent
+            and before.out_level == latent
+            and before.geometry == "down"
+            and stage.geometry == "same"
+            and not stage.keeps_input
+        )
 
     def slots_before(self, index: int) -> int:
         """``feat_cache`` entries the stages before ``index`` use: where stage ``index`` starts reading."""
