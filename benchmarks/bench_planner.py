@@ -46,7 +46,7 @@ def geometry(args: argparse.Namespace, tv: object) -> None:
                 plan = tv.grid_plan(h, w, args.tile, program.align)
             else:
                 plan = tv.quadtree_plan(h, w, args.tile, program.align, detail)
-            engine = Engine(program, plan, (h, w), RunOptions(cpu, cpu), torch.bfloat16)
+            engine = Engine(program, plan, (h, w), RunOptions(cpu), torch.bfloat16)
             emit(
                 size=f"{w}x{h}",
                 planner=planner,
