@@ -224,17 +224,9 @@ class Engine:
             y = y[(..., *core.relative_to(output_extent(step.geometry, window, y.shape[-2:])).slices())]
             if io.residual is not None:
                 y = y.add_(self._residual(step, store, io.residual, core))  # the module's own output: no copy
-            if step.out_scale != 1.0:
-                y = y.div_(step.out_scale)
-            store.write(io.dst, core, y, keep.get((index, j)))
-            if out_stats is not None:
-                out_stats.add(y)
+            self._put(store, io.dst, core, y, step.out_scale, out_stats, keep.get((index, j)))
             del y
-            store.tile_done()
-            self._tick()
-        self.stats.pop(io.dst, None)
-        if out_stats is not None:
-            self.stats[io.dst] = out_stats
+        self._pooled(io.dst, out_stats)
 
     def _bands(self, step: AttentionStep) -> list[tuple[int, int]]:
         """Row bands of the attention's level, each given a quarter of a tile's bytes (at least one row).
@@ -272,17 +264,35 @@ class Engine:
             del o
             y = y.add_(src)
             del src
-            if step.out_scale != 1.0:
-                y = y.div_(step.out_scale)
-            store.write(io.dst, band, y)
-            if out_stats is not None:
-                out_stats.add(y)
+            self._put(store, io.dst, band, y, step.out_scale, out_stats)
             del y
-            store.tile_done()
-            self._tick()
-        self.stats.pop(io.dst, None)
-        if out_stats is not None:
-            self.stats[io.dst] = out_stats
+        self._pooled(io.dst, out_stats)
+
+    def _put(
+        self,
+        store: Store,
+        value: Value,
+        rect: Rect,
+        y: torch.Tensor,
+        out_scale: float,
+        stats: GroupStats | None,
+        keep: tuple[int, int] | None = None,
+    ) -> None:
+        """Write one tile's (or band's) output: scaled, stored at ``rect``, its statistics pooled, the
+        tile counted (progress, interrupt)."""
+        if out_scale != 1.0:
+            y = y.div_(out_scale)
+        store.write(value, rect, y, keep)
+        if stats is not None:
+            stats.add(y)
+        store.tile_done()
+        self._tick()
+
+    def _pooled(self, value: Value, stats: GroupStats | None) -> None:
+        """The statistics pooled while ``value`` was written replace any it had."""
+        self.stats.pop(value, None)
+        if stats is not None:
+            self.stats[value] = stats
 
     def halo(self) -> int:
         """The widest context a step reads around a tile's core, in full-resolution pixels."""
