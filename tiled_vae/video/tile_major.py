@@ -48,8 +48,9 @@ def run_host_call(ctx: Context, host: Host, original: Callable[..., Any], role: 
         out = ctx.run_untiled(original, reason, args, kwargs)
         log_untiled(what, report)
         return out
-    check_host_input(host, role, x)
-    clip = _Clip.decode(ctx, host, program, x) if role == "decode" else _Clip.encode(ctx, host, program, x)
+    check_input(x, _HostView(program, host.patch, role), family, **checks_for(family))
+    with torch.no_grad():  # never keep an autograd graph: the host's first step runs here
+        clip = _Clip.decode(ctx, host, program, x) if role == "decode" else _Clip.encode(ctx, host, program, x)
     free = ctx.free_memory(x.device)
     decision = decide(ctx.config, clip.full, program.align, clip.needs, free)
     report.free, report.needs, report.reason = free, clip.needs, decision.reason
@@ -61,9 +62,9 @@ def run_host_call(ctx: Context, host: Host, original: Callable[..., Any], role: 
     def tiled(tile: int) -> Any:
         with torch.no_grad():  # never keep an autograd graph across tiles
             out = clip(tile, decision)
-        if role == "decode":
-            return host.wrap_decode(host.after_decode(out), kwargs)
-        return host.after_encode(out)
+            if role == "decode":
+                return host.wrap_decode(host.after_decode(out), kwargs)
+            return host.after_encode(out)
 
     try:
         out = execute(decision, untiled, tiled, clip.full, program.align, x.device, report)
