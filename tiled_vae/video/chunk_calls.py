@@ -100,10 +100,7 @@ class ChunkCalls:
         full = full_size(program, x)
         cache_bytes = sum(v.numel() * v.element_size() for v in cache or () if isinstance(v, torch.Tensor))
         estimate = ctx.untiled_memory(x) if ctx.untiled_memory is not None else None
-        factor = 1
-        for s in program.stages:
-            factor *= s.time_factor
-        shape = ClipShape([(0, x.shape[2])], full, x.shape[2] * factor)
+        shape = ClipShape([(0, x.shape[2])], full, x.shape[2] * program.time_factor)
         needs = clip_needs(program.runs(), x.shape[0], shape, x.dtype, estimate)
         needs = replace(needs, store=needs.store + cache_bytes)  # the caller's new cache, made tile by tile
         free = ctx.free_memory(x.device)

@@ -100,11 +100,8 @@ def clip_shape(host: Host, program: CausalProgram, role: str, shape: tuple[int, 
     frames, dropping frames that do not fill a chunk, as the host drops them."""
     t, h, w = shape[2], shape[3], shape[4]
     if role == "decode":
-        factor = 1
-        for s in program.stages:
-            factor *= s.time_factor
         full = (h << program.levels, w << program.levels)
-        return ClipShape([(i, i + 1) for i in range(t)], full, 1 + factor * (t - 1))
+        return ClipShape([(i, i + 1) for i in range(t)], full, 1 + program.time_factor * (t - 1))
     chunks = [(0, 1)] + [(1 + 4 * (i - 1), 1 + 4 * i) for i in range(1, 1 + (t - 1) // 4)]
     return ClipShape(chunks, (h // host.patch, w // host.patch), len(chunks))
 
