@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import torch
 
+from .families.common import Unsupported
 from .geometry import Rect
 
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
@@ -198,8 +199,6 @@ def program_or_reason(
     """The program a tiled run of a call needs, or (None, why the call runs untiled instead): the
     user asked for untiled, the call passes arguments the tiled path cannot honour (``bound`` is
     False), or the module is a variant of ``family_name`` it cannot tile (``build`` raised)."""
-    from .families.common import Unsupported  # families import the programs, which import nothing here
-
     if config.mode == "untiled":
         return None, "mode is 'untiled'"
     if not bound:
