@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from .families import LOOKED_FOR, Unsupported, detect
+from .families import LOOKED_FOR, Family, Unsupported, detect
 from .geometry import Rect
 from .hook import Hooks, MethodHook
 from .image.budget import image_needs
 from .image.calls import run_image_call
+from .image.program import Program
 from .planner import plan_for
 from .policy import (
     Progress,
@@ -26,7 +27,7 @@ from .validation import check_input, checks_for, full_size
 from .video.budget import clip_needs
 from .video.chunk_calls import ChunkCalls
 from .video.hosts import detect_host
-from .video.program import ClipShape
+from .video.program import CausalProgram, ClipShape
 from .video.tile_major import check_host_input, clip_needs_of, run_host_call
 
 log = logging.getLogger("comfyui-quadtree-tile.tiled_vae")
@@ -106,21 +107,18 @@ def plan_tiles(
     """
     host = detect_host(module)
     if host is not None:
-        check_host_input(host, role, x)
-        needs, shape = clip_needs_of(host, role, x, None)
         part, family = host.part(role)
-        program, full = family.build(part), shape.full
+        program = _built(family, part)
+        check_host_input(host, program, role, x)
+        needs, shape = clip_needs_of(host, program, role, x, None)
+        full = shape.full
         first = x[:, :, :1]
         frame = (host.before_encode(first) if role == "encode" else first)[:, :, 0]
     else:
-        target = module if detect(module) is not None else getattr(module, f"{role}r", None)
-        family = detect(target) if isinstance(target, torch.nn.Module) else None
-        if family is None:
+        found = _part(module, role)
+        if found is None:
             raise ValueError(f"{type(module).__name__} has no {role}r this pack can tile")
-        try:
-            program = family.build(target)
-        except Unsupported as e:
-            raise ValueError(f"{family.name} cannot be tiled: {e}") from e
+        family, program = found[1], _built(found[1], found[0])
         check_input(x, program, family, **checks_for(family))
         full = full_size(program, x)
         if family.dims == 3:
@@ -153,6 +151,22 @@ def in_image_pixels(config: TilingConfig, module: torch.nn.Module, image_ratio: 
     if fold == 1:
         return config
     return replace(config, tile_size=config.tile_size // fold, min_tile_size=config.min_tile_size // fold)
+
+
+def _part(module: torch.nn.Module, role: str) -> tuple[torch.nn.Module, Family] | None:
+    """The encoder or decoder a ``role`` call of ``module`` (itself, or a whole VAE's part) goes
+    through, and its family; None when no registered family matches."""
+    target = module if detect(module) is not None else getattr(module, f"{role}r", None)
+    family = detect(target) if isinstance(target, torch.nn.Module) else None
+    return (target, family) if family is not None else None
+
+
+def _built(family: Family, module: torch.nn.Module) -> Program | CausalProgram:
+    """``family``'s program of ``module``; ValueError (for a preview) when the variant cannot be tiled."""
+    try:
+        return family.build(module)
+    except Unsupported as e:
+        raise ValueError(f"{family.name} cannot be tiled: {e}") from e
 
 
 def _targets(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
@@ -188,20 +202,16 @@ def check_call(module: torch.nn.Module, x: torch.Tensor, role: str) -> None:
     on bad input (memory estimates included). Modules of no known family get the NaN check only.
     """
     host = detect_host(module)
-    if host is not None:
-        check_host_input(host, role, x)
-        return
-    part = "decoder" if role == "decode" else "encoder"
-    target = module if detect(module) is not None else getattr(module, part, None)
-    family = detect(target) if isinstance(target, torch.nn.Module) else None
-    program = None
-    if family is not None:
-        try:
-            program = family.build(target)
-        except Unsupported:
-            program = None
-    if family is None or program is None:
+    found = host.part(role) if host is not None else _part(module, role)
+    try:
+        program = found[1].build(found[0]) if found is not None else None
+    except Unsupported:
+        program = None
+    if found is None or program is None:
         if not torch.isfinite(x).all():
             raise ValueError(f"the {role} input contains NaN or infinite values; check the node that made it")
         return
-    check_input(x, program, family, **checks_for(family))
+    if host is not None:
+        check_host_input(host, program, role, x)
+    else:
+        check_input(x, program, found[1], **checks_for(found[1]))

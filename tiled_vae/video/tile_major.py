@@ -48,7 +48,7 @@ def run_host_call(ctx: Context, host: Host, original: Callable[..., Any], role: 
         out = ctx.run_untiled(original, reason, args, kwargs)
         log_untiled(what, report)
         return out
-    check_input(x, _HostView(program, host.patch, role), family, **checks_for(family))
+    check_host_input(host, program, role, x)
     with torch.no_grad():  # never keep an autograd graph: the host's first step runs here
         clip = _Clip.decode(ctx, host, program, x) if role == "decode" else _Clip.encode(ctx, host, program, x)
     free = ctx.free_memory(x.device)
@@ -88,10 +88,11 @@ class _HostView:
         return self._align
 
 
-def check_host_input(host: Host, role: str, x: torch.Tensor) -> None:
-    """Raise ValueError (saying what to do) when ``x`` cannot go through the host's ``role`` method."""
-    module, family = host.part(role)
-    check_input(x, _HostView(family.build(module), host.patch, role), family, **checks_for(family))
+def check_host_input(host: Host, program: CausalProgram, role: str, x: torch.Tensor) -> None:
+    """Raise ValueError (saying what to do) when ``x`` cannot go through the host's ``role`` method,
+    whose encoder or decoder is ``program``."""
+    _, family = host.part(role)
+    check_input(x, _HostView(program, host.patch, role), family, **checks_for(family))
 
 
 def clip_shape(host: Host, program: CausalProgram, role: str, shape: tuple[int, ...]) -> ClipShape:
@@ -106,10 +107,10 @@ def clip_shape(host: Host, program: CausalProgram, role: str, shape: tuple[int, 
     return ClipShape(chunks, (h // host.patch, w // host.patch), len(chunks))
 
 
-def clip_needs_of(host: Host, role: str, x: torch.Tensor, estimate: float | None) -> tuple[Needs, ClipShape]:
+def clip_needs_of(
+    host: Host, program: CausalProgram, role: str, x: torch.Tensor, estimate: float | None
+) -> tuple[Needs, ClipShape]:
     """What the tile-major ``role`` of ``x`` needs, from shapes alone (nothing runs)."""
-    module, family = host.part(role)
-    program = family.build(module)
     shape = clip_shape(host, program, role, tuple(x.shape))
     return clip_needs(program.runs(), x.shape[0], shape, x.dtype, estimate), shape
 
